@@ -1,0 +1,65 @@
+# ScipionCloud front door. Logic lives in the Python CLIs (scipioncloud, scipioncloud-agent) and tools/;
+# this file only names the jobs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+IMAGE   ?= scipion-desktop
+REGION  ?=
+COPY_TO ?=
+HOSTS   ?=
+PYTEST_ARGS ?=
+comma := ,
+
+.PHONY: help setup deps test test-gpu lint bench agent ami validate rehearse provision docs clean
+
+help: ## List every target
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+setup: $(STAMP) ## Make .venv and install the project with its test extras (idempotent)
+
+deps: ## Install the Debian packages the tests use (apt-get; only what is missing)
+	@tools/apt-deps tools/apt-packages.txt
+
+test: deps setup ## Install what the tests need, then run the whole suite
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-gpu: setup ## Run the GPU checks against a real NVIDIA driver (skips without one)
+	$(VENV)/bin/pytest -m gpu -p no:cacheprovider tests/gpu $(PYTEST_ARGS)
+
+lint: setup ## ruff, packer fmt/validate, ansible syntax check and ansible-lint
+	$(VENV)/bin/ruff check agent scipioncloud tests bench
+	$(VENV)/bin/ruff format --check agent scipioncloud tests bench
+	@tools/lint-infra
+
+bench: deps setup ## Run the benchmarks; prints ratios against reference tools
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+agent: setup ## Run the agent in the foreground on 127.0.0.1 with a development config
+	@tools/dev-agent
+
+ami: setup ## Bake an AMI: make ami [IMAGE=scipion-desktop] [REGION=eu-west-1] [COPY_TO="us-east-1 ..."]
+	$(VENV)/bin/scipioncloud bake $(IMAGE) $(if $(REGION),--region $(REGION)) $(foreach r,$(COPY_TO),--copy-to $(r))
+
+validate: setup ## Validate every image definition offline (packer validate, ansible syntax)
+	$(VENV)/bin/scipioncloud bake --validate-only --all
+
+rehearse: deps setup ## Rehearse the whole bake offline (moto, debootstrap root filesystem, Packer, Ansible)
+	$(VENV)/bin/pytest -m rehearsal tests/rehearsal $(PYTEST_ARGS)
+
+provision: setup ## Apply the roles to existing machines: make provision HOSTS=a,b [IMAGE=...]
+	@test -n "$(HOSTS)" || { echo "usage: make provision HOSTS=host1,host2 [IMAGE=scipion-desktop]"; exit 2; }
+	$(VENV)/bin/scipioncloud provision $(subst $(comma), ,$(HOSTS)) --image $(IMAGE)
+
+clean: ## Remove the virtualenv, build outputs and caches
+	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,163 @@
+"""Agent configuration: a TOML file whose every key is optional (contract v1 in ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/scipioncloud/agent.toml")
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "127.0.0.1:9777"
+    token_file: Path = Path("/etc/scipioncloud/agent.token")
+    threads: int = 8
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    interval_s: float = 2.0
+    call_timeout_s: float = 1.0  # one NVML sweep longer than this is abandoned and the sample marked stale
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    imds_url: str = "http://169.254.169.254"
+    imds_timeout_s: float = 0.3
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    state_dir: Path = Path("/var/lib/scipioncloud")
+    fstab: Path = Path("/etc/fstab")
+    mount_roots: tuple[str, ...] = ("/data", "/mnt")
+    include_loop: bool = False
+    prewarm_auto: bool = True
+    prewarm_rate_mb_s: float | None = None
+
+
+@dataclass(frozen=True)
+class IdleConfig:
+    gpu_util_pct: float = 5
+    cpu_pct: float = 10
+    window_min: float = 30
+    action: str = "none"
+    grace_min: float = 10
+
+
+@dataclass(frozen=True)
+class DesktopConfig:
+    user: str = "ubuntu"
+    display: int = 1
+    vnc: str = "turbovnc"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    idle: IdleConfig = field(default_factory=IdleConfig)
+    desktop: DesktopConfig = field(default_factory=DesktopConfig)
+
+    @property
+    def bind_host(self) -> str:
+        return split_bind(self.server.bind)[0]
+
+    @property
+    def bind_port(self) -> int:
+        return split_bind(self.server.bind)[1]
+
+
+CHOICES = {("idle", "action"): ("none", "poweroff"), ("desktop", "vnc"): ("turbovnc", "tigervnc")}
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    """'127.0.0.1:9777' or '[::1]:9777' -> (host, port)."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"server.bind: expected HOST:PORT, got {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    where = f"{section}.{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("/") for v in value):
+            raise ConfigError(f"{where}: expected a list of absolute paths, got {value!r}")
+        return tuple(value)
+    if isinstance(default, (int, float)) or default is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}: expected a non-negative number, got {value!r}")
+        return type(default)(value) if default is not None else float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        allowed = CHOICES.get((section, key))
+        if allowed and value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported value {value!r}")  # pragma: no cover
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from parsed TOML; unknown sections and keys are errors (a typo must not pass)."""
+    sections = {}
+    defaults = Config()
+    known = {f.name: f for f in dataclasses.fields(Config)}
+    for name, values in data.items():
+        if name not in known:
+            raise ConfigError(f"unknown section [{name}]; known: {', '.join(known)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        current = getattr(defaults, name)
+        fields = {f.name for f in dataclasses.fields(current)}
+        changes = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"unknown key {name}.{key}; known: {', '.join(sorted(fields))}")
+            changes[key] = _coerce(name, key, value, getattr(current, key))
+        sections[name] = dataclasses.replace(current, **changes)
+    config = dataclasses.replace(defaults, **sections)
+    split_bind(config.server.bind)
+    return config
+
+
+def load(path: Path | str | None) -> Config:
+    """Read the config file; a missing default file means all defaults, a missing named file is an error."""
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return Config()
+        path = DEFAULT_PATH
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(data)

@@ -1,0 +1,27 @@
+"""Liveness and the API's own description."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from agent import __version__
+from agent.openapi import build, operation
+from agent.security import public
+
+bp = Blueprint("health", __name__)
+
+OPENAPI = {
+    "/healthz": {"get": operation("Liveness; needs no token", public=True, _200="alive")},
+    "/openapi.json": {"get": operation("This OpenAPI 3 document", _200="the document", _401="no token")},
+}
+
+
+@bp.get("/healthz")
+@public
+def healthz():
+    return jsonify(status="ok", version=__version__)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(build(current_app.config["OPENAPI_FRAGMENTS"]))
