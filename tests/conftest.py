@@ -152,3 +152,23 @@ def agent_process(tmp_path):
     agent = start_agent(tmp_path, agent_config_dict(tmp_path))
     yield agent
     stop_agent(agent)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """One moto EC2 server on 127.0.0.1 for the session; use `aws_env` for a clean state per test."""
+    from tests.support import moto_server as moto
+
+    server = moto.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server, monkeypatch):
+    """Point boto3 at the emulator, reset to an empty account with only Canonical's Ubuntu images."""
+    moto_server.reset()
+    for key, value in moto_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server.env()
