@@ -38,6 +38,7 @@ class GpuConfig:
 class HostConfig:
     imds_url: str = "http://169.254.169.254"
     imds_timeout_s: float = 0.3
+    interval_s: float = 2.0  # CPU utilisation is measured over this interval
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class IdleConfig:
     window_min: float = 30
     action: str = "none"
     grace_min: float = 10
+    check_interval_s: float = 2.0  # how often the idle rule looks at its signals
+    poweroff_command: str = "systemctl poweroff"  # run (split like a shell) after window + grace idle
 
 
 @dataclass(frozen=True)
