@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import psutil
 from flask import Blueprint, Flask, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -193,4 +193,6 @@ def init_app(app: Flask, config: Config) -> None:
 
 @bp.get("/metrics")
 def get_metrics():
-    return Response(generate_latest(current_app.extensions[REGISTRY_KEY]), content_type=CONTENT_TYPE_LATEST)
+    # Text format 0.0.4: what every Prometheus (Debian's 2.x included) negotiates; the body is the same.
+    body = generate_latest(current_app.extensions[REGISTRY_KEY])
+    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
