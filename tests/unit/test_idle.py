@@ -1,0 +1,270 @@
+"""The idle rule and its poweroff action; the action is a harmless `touch` in a temporary folder."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from agent import gpus, host, idle, services
+from agent.app import create_app
+from agent.config import from_dict
+from tests.conftest import TOKEN, agent_config_dict
+from tests.support.fake_pynvml import NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_UNKNOWN, FakeGpu, FakePynvml
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Switch:
+    """A signal a test turns busy or idle."""
+
+    def __init__(self, busy: bool = False) -> None:
+        self.busy = busy
+
+    def __call__(self) -> idle.Signal:
+        return idle.Signal(self.busy, "switched busy" if self.busy else "switched idle")
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    """An app whose idle rule sees only test signals, on a fake clock: (app, monitor, clock, marker)."""
+    monkeypatch.setitem(sys.modules, "pynvml", FakePynvml([]))
+
+    def make(action="poweroff", window_min=30, grace_min=10):
+        marker = tmp_path / "powered-off"
+        config = agent_config_dict(
+            tmp_path,
+            idle={
+                "action": action,
+                "window_min": window_min,
+                "grace_min": grace_min,
+                "poweroff_command": f"touch {marker}",
+            },
+        )
+        app = create_app(from_dict(config), token=TOKEN)
+        app.extensions[idle.SIGNALS].clear()
+        clock = Clock()
+        monitor = idle.IdleMonitor(app, from_dict(config).idle, clock=clock)
+        services.register(app, idle.SERVICE, monitor)
+        return app, monitor, clock, marker
+
+    return make
+
+
+def test_idle_only_after_the_whole_window(setup):
+    app, monitor, clock, _ = setup(action="none")
+    a, b = Switch(), Switch()
+    idle.register_signal(app, "a", a)
+    idle.register_signal(app, "b", b)
+    state = monitor.check()
+    assert state["idle"] is False and state["quiet_since"] == gpus.iso(clock.now)
+    started = clock.now
+    clock.now += 29 * 60
+    assert monitor.check()["idle"] is False
+    clock.now += 60
+    state = monitor.check()
+    assert state["idle"] is True
+    assert state["since"] == gpus.iso(started + 30 * 60)
+    assert state["quiet_for_s"] == 30 * 60
+    assert state["reasons"] == ["a: switched idle", "b: switched idle"]
+
+
+def test_one_busy_signal_resets_the_window(setup):
+    app, monitor, clock, _ = setup(action="none")
+    a, b = Switch(), Switch()
+    idle.register_signal(app, "a", a)
+    idle.register_signal(app, "b", b)
+    monitor.check()
+    clock.now += 31 * 60
+    assert monitor.check()["idle"] is True
+    b.busy = True
+    clock.now += 1
+    state = monitor.check()
+    assert state["idle"] is False and state["quiet_since"] is None
+    assert state["since"] == gpus.iso(clock.now)
+    assert {"name": "b", "busy": True, "reason": "switched busy"} in state["signals"]
+    b.busy = False
+    monitor.check()
+    clock.now += 29 * 60
+    assert monitor.check()["idle"] is False
+
+
+def test_poweroff_runs_once_after_window_plus_grace(setup):
+    app, monitor, clock, marker = setup(action="poweroff", window_min=30, grace_min=10)
+    signal = Switch()
+    idle.register_signal(app, "a", signal)
+    monitor.check()
+    assert monitor.last["action"]["due_at"] == gpus.iso(clock.now + 40 * 60)
+    clock.now += 39 * 60
+    monitor.check()
+    assert not marker.exists()  # idle, but inside the grace period
+    clock.now += 60
+    state = monitor.check()
+    assert marker.exists()
+    assert state["action"]["ran_at"] == gpus.iso(clock.now) and state["action"]["result"] == "exit 0"
+    marker.unlink()
+    clock.now += 600
+    monitor.check()
+    assert not marker.exists()  # once per idle stretch
+    signal.busy = True
+    monitor.check()
+    signal.busy = False
+    monitor.check()
+    clock.now += 40 * 60
+    monitor.check()
+    assert marker.exists()  # a new idle stretch may power off again
+
+
+def test_reading_the_state_never_runs_the_action(setup):
+    app, monitor, clock, marker = setup(action="poweroff", window_min=1, grace_min=1)
+    idle.register_signal(app, "a", Switch())
+    monitor.check(act=False)
+    clock.now += 3600
+    body = app.test_client().get("/v1/idle", headers=AUTH).json
+    assert body["idle"] is True and not marker.exists()
+
+
+def test_action_none_never_runs(setup):
+    app, monitor, clock, marker = setup(action="none", window_min=1, grace_min=0)
+    idle.register_signal(app, "a", Switch())
+    monitor.check()
+    clock.now += 10 * 3600
+    state = monitor.check()
+    assert state["idle"] is True and state["action"]["due_at"] is None and not marker.exists()
+
+
+def test_failing_command_is_reported_not_retried(setup, tmp_path):
+    app, monitor, clock, _ = setup(action="poweroff", window_min=1, grace_min=0)
+    monitor.config = type(monitor.config)(action="poweroff", poweroff_command=f"{tmp_path}/no-such-command")
+    idle.register_signal(app, "a", Switch())
+    monitor.check()
+    clock.now += 120
+    state = monitor.check()
+    assert state["action"]["result"].startswith("could not run")
+    assert state["action"]["ran_at"] == gpus.iso(clock.now)
+
+
+def test_a_signal_that_raises_counts_as_busy(setup):
+    app, monitor, _, _ = setup(action="none", window_min=0)
+
+    def broken():
+        raise RuntimeError("vnc socket gone")
+
+    idle.register_signal(app, "vnc", broken)
+    state = monitor.check()
+    assert state["idle"] is False
+    assert state["signals"] == [
+        {
+            "name": "vnc",
+            "busy": True,
+            "reason": "signal failed (RuntimeError: vnc socket gone); counted as busy",
+        }
+    ]
+
+
+def test_a_signal_may_return_a_plain_pair(setup):
+    app, monitor, _, _ = setup(action="none", window_min=0)
+    idle.register_signal(app, "desktop", lambda: (False, "no VNC client connected"))
+    state = monitor.check()
+    assert state["idle"] is True and state["reasons"] == ["desktop: no VNC client connected"]
+
+
+def test_no_signals_is_never_idle(setup):
+    _, monitor, _, _ = setup(action="none", window_min=0)
+    assert monitor.check()["idle"] is False
+
+
+# -- the built-in signals, fed by the real samplers ---------------------------------------------------
+
+
+@pytest.fixture
+def builtin(tmp_path, monkeypatch):
+    def make(fake: FakePynvml, **idle_config):
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        app = create_app(from_dict(agent_config_dict(tmp_path, idle=idle_config)), token=TOKEN)
+        gpus.sampler(app).sample_now()
+        return app
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("fake", "busy", "reason"),
+    [
+        (FakePynvml([FakeGpu(gpu_util=37)]), True, "GPU 0 at 37% (threshold 5%)"),
+        (FakePynvml([FakeGpu(gpu_util=2), FakeGpu(gpu_util=4)]), False, "2 GPU(s) under 5%"),
+        (FakePynvml([FakeGpu(gpu_util=2), FakeGpu(gpu_util=90)]), True, "GPU 1 at 90%"),
+        (FakePynvml([FakeGpu(unsupported={"nvmlDeviceGetUtilizationRates"})]), True, "GPU 0 at unknown%"),
+        (FakePynvml([], init_error=NVML_ERROR_LIBRARY_NOT_FOUND), False, "no NVIDIA GPU to watch"),
+        (FakePynvml([FakeGpu()], init_error=NVML_ERROR_UNKNOWN), True, "GPU state unknown"),
+    ],
+)
+def test_gpu_signal(builtin, fake, busy, reason):
+    app = builtin(fake)
+    signal = app.extensions[idle.SIGNALS]["gpu"]()
+    assert signal.busy is busy and reason in signal.reason
+
+
+def test_gpu_signal_counts_a_stale_sample_as_busy(builtin):
+    app = builtin(FakePynvml([FakeGpu(gpu_util=0)]), gpu_util_pct=5)
+    sampler = gpus.sampler(app)
+    sampler._last_at -= 3600  # the sampler has not produced anything for an hour
+    signal = app.extensions[idle.SIGNALS]["gpu"]()
+    assert signal.busy is True and "stale" in signal.reason
+
+
+def test_cpu_signal_uses_the_host_meter(builtin):
+    app = builtin(FakePynvml([]), cpu_pct=10)
+    meter = host.sampler(app).meter
+    meter.total_pct, meter.per_core_pct = 55.0, [55.0]
+    assert app.extensions[idle.SIGNALS]["cpu"]() == idle.Signal(True, "CPU at 55% (threshold 10%)")
+    meter.total_pct = 3.5
+    assert app.extensions[idle.SIGNALS]["cpu"]() == idle.Signal(False, "CPU at 3.5%, under 10%")
+
+
+def test_route_reports_builtin_signals(builtin):
+    app = builtin(FakePynvml([FakeGpu(gpu_util=50)]))
+    body = app.test_client().get("/v1/idle", headers=AUTH).json
+    assert body["idle"] is False
+    assert [s["name"] for s in body["signals"]] == ["gpu", "cpu"]
+    assert body["window_s"] == 30 * 60 and body["action"]["kind"] == "none"
+    assert any(r.startswith("gpu: GPU 0 at 50%") for r in body["reasons"])
+
+
+def test_background_monitor_powers_off_with_real_threads(tmp_path, monkeypatch):
+    """Samplers and monitor on their own threads, tiny window and grace; cpu_pct 1000 is always idle."""
+    monkeypatch.setitem(sys.modules, "pynvml", FakePynvml([FakeGpu(gpu_util=0)]))
+    marker = tmp_path / "powered-off"
+    config = agent_config_dict(
+        tmp_path,
+        gpu={"interval_s": 0.05},
+        host={"interval_s": 0.05, "imds_url": "http://127.0.0.1:9"},
+        idle={
+            "cpu_pct": 1000,
+            "window_min": 0.005,
+            "grace_min": 0.005,
+            "check_interval_s": 0.05,
+            "action": "poweroff",
+            "poweroff_command": f"touch {marker}",
+        },
+    )
+    app = create_app(from_dict(config), token=TOKEN)
+    services.start_all(app)
+    try:
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        services.stop_all(app)
+    assert marker.exists()
+    state = idle.monitor(app).last
+    assert state["idle"] is True and state["action"]["result"] == "exit 0"
