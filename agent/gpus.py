@@ -61,7 +61,7 @@ class GpuSampler:
 
     def __init__(self, reader: nvml.Reader, interval_s: float, call_timeout_s: float) -> None:
         self.reader = reader
-        self.interval_s = interval_s
+        self.interval_s = max(interval_s, 0.01)  # 0 in the config must not spin a core
         self.call_timeout_s = call_timeout_s
         self._lock = threading.Lock()
         self._last: nvml.Sweep | None = None

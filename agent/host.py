@@ -151,7 +151,7 @@ class HostSampler:
     def __init__(self, meter: CpuMeter, identity: InstanceIdentity, interval_s: float) -> None:
         self.meter = meter
         self.identity = identity
-        self.interval_s = interval_s
+        self.interval_s = max(interval_s, 0.01)  # 0 in the config must not spin a core
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -185,7 +185,7 @@ class IdleMonitor:
         log.warning("idle action %s: %s", command[0], self.action_result)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.config.check_interval_s):
+        while not self._stop.wait(max(self.config.check_interval_s, 0.01)):
             try:
                 self.check()
             except Exception:  # keep watching; the next check may succeed

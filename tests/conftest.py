@@ -41,6 +41,8 @@ def agent_config_dict(tmp: Path, **sections) -> dict:
             "prewarm_auto": False,
         },
         "desktop": {"vnc": "tigervnc"},
+        # The agent looks up its EC2 identity at start: keep it on loopback, where nothing listens there.
+        "host": {"imds_url": f"http://127.0.0.1:{free_port()}"},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
