@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import psutil
 from flask import Blueprint, Flask, Response, current_app
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 REGISTRY_KEY = "scipioncloud.metrics.registry"
 PREFIX = "scipioncloud_"
+# Text format 0.0.4: what every Prometheus (Debian's 2.x included) negotiates; generate_latest writes it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GPU_LABELS = ["gpu", "uuid", "model"]
 
 OPENAPI = {
@@ -193,6 +195,5 @@ def init_app(app: Flask, config: Config) -> None:
 
 @bp.get("/metrics")
 def get_metrics():
-    # Text format 0.0.4: what every Prometheus (Debian's 2.x included) negotiates; the body is the same.
     body = generate_latest(current_app.extensions[REGISTRY_KEY])
-    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
+    return Response(body, content_type=CONTENT_TYPE)

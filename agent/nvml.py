@@ -135,6 +135,12 @@ class Reader:
                 self.lib.nvmlShutdown()
             except Exception:  # already broken; the next sweep re-initialises
                 log.debug("nvmlShutdown failed", exc_info=True)
+        for event_set in self._event_sets.values():
+            if event_set:
+                try:
+                    self.lib.nvmlEventSetFree(event_set)
+                except Exception:  # the set died with the driver
+                    log.debug("nvmlEventSetFree failed", exc_info=True)
         self._ready = False
         self._event_sets.clear()
 

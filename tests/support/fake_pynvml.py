@@ -86,6 +86,7 @@ class FakePynvml:
         self.hang: threading.Event | None = None  # when set to an unset Event, every call waits on it
         self.calls = 0
         self.initialised = False
+        self.freed_event_sets = 0
 
     def __getattr__(self, name: str):
         raise AttributeError(f"fake_pynvml has no {name}")
@@ -185,6 +186,10 @@ class FakePynvml:
     def nvmlEventSetCreate(self):
         self._enter()
         return SimpleNamespace(gpus=[])
+
+    def nvmlEventSetFree(self, event_set) -> None:
+        self.freed_event_sets += 1
+        event_set.gpus.clear()
 
     def nvmlDeviceRegisterEvents(self, handle: FakeGpu, types: int, event_set) -> None:
         self._gpu(handle, "nvmlDeviceRegisterEvents")

@@ -163,6 +163,9 @@ def test_gpu_lost_during_sweep_turns_the_report_to_gpu_lost(make_app):
     assert body["nvml"]["state"] == "gpu-lost"
     assert "reboot needed" in body["nvml"]["error"]
     assert fake.initialised is False  # shut down, re-initialised on the next sweep
+    assert fake.freed_event_sets == 2  # both GPUs' Xid event sets, made by the first sweep
+    fake.gpus[1].lost = False
+    assert sample(app)["nvml"]["state"] == "ok"
 
 
 def test_driver_that_comes_back_is_picked_up(make_app):
