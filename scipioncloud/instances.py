@@ -10,9 +10,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from scipioncloud import images, instance_types, userdata
+from scipioncloud import console, images, instance_types, userdata
 from scipioncloud.aws import Aws, tags_dict, waiter_config
-from scipioncloud.console import Desktop, parse, read_console
+from scipioncloud.console import Desktop
 from scipioncloud.errors import BadInput, OperationFailed, from_client_error
 from scipioncloud.tags import TAG_IMAGE, TAG_INSTANCE, TAG_MANAGED
 
@@ -206,7 +206,7 @@ def ssh_command(instance: dict, key_name: str | None = None) -> str | None:
 
 def desktop(aws: Aws, name_or_id: str) -> Desktop | None:
     instance = resolve(aws, name_or_id)
-    return parse(read_console(aws.ec2(), instance["InstanceId"]))
+    return console.parse(console.read_console(aws.ec2(), instance["InstanceId"]))
 
 
 def _uptime_h(instance: dict, now: datetime) -> float:

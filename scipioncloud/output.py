@@ -49,7 +49,7 @@ class Output:
         keys = []
         for key, header in columns:
             keys.append(key)
-            table.add_column(header)
+            table.add_column(header, overflow="fold")
         for row in rows:
             table.add_row(*("" if row.get(k) is None else str(row.get(k)) for k in keys))
         self.out.print(table)
