@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -33,7 +34,8 @@ class Aws:
 
     @cached_property
     def session(self) -> boto3.Session:
-        return make_session(self.region, self.profile)
+        # AWS_REGION as well as boto3's own AWS_DEFAULT_REGION (the AWS CLI v2 reads both)
+        return make_session(self.region or os.environ.get("AWS_REGION") or None, self.profile)
 
     @property
     def region_name(self) -> str:
@@ -74,8 +76,6 @@ def check_region(session: boto3.Session, region: str) -> None:
 
 
 def waiter_config(max_wait_s: float = 900) -> dict:
-    import os
-
     delay = float(os.environ.get("SCIPIONCLOUD_WAIT_DELAY", WAIT_DELAY_S))
     return {"Delay": delay, "MaxAttempts": max(1, int(max_wait_s / max(delay, 0.1)))}
 
