@@ -134,7 +134,7 @@ def test_cidr_normalization():
 class _CheckIp(http.server.BaseHTTPRequestHandler):
     body = b"198.51.100.23\n"
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self.send_response(200)
         self.end_headers()
         self.wfile.write(self.body)
