@@ -26,6 +26,7 @@ class SshTarget:
     key_file: Path | None = None
     port: int = 22
     options: tuple[str, ...] = field(default=("StrictHostKeyChecking=accept-new",))
+    sudo: bool = True  # the token file is root's; a root login needs no sudo
 
     def argv(self) -> list[str]:
         argv = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
@@ -39,7 +40,7 @@ class SshTarget:
 def read_token(target: SshTarget, token_file: str = TOKEN_FILE) -> str:
     """The agent token (root-only file) via `sudo cat`; never printed."""
     result = subprocess.run(
-        [*target.argv(), "sudo", "-n", "cat", token_file],
+        [*target.argv(), *(["sudo", "-n"] if target.sudo else []), "cat", token_file],
         capture_output=True,
         text=True,
         timeout=60,
