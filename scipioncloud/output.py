@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,13 @@ class Output:
         """A line of narration (what is happening); silent under --json."""
         if not self.as_json:
             self.err.print(message, highlight=False, markup=False)
+
+    def status(self, message: str):
+        """A spinner with `message` while a slow step runs, on a terminal only (never under --json)."""
+        if self.as_json or not self.err.is_terminal:
+            self.info(message)
+            return contextlib.nullcontext()
+        return self.err.status(message)
 
     def emit(self, data: Any, *, text: str | None = None) -> None:
         """The command's result: JSON under --json, else `text` (or nothing when there is none)."""

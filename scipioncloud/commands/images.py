@@ -46,8 +46,8 @@ def copy(run, image, to_regions, no_wait):
     """Copy IMAGE (name or AMI id, in --region) to other regions, with its tags."""
     for region in to_regions:
         run.aws.ec2(region)
-    run.out.info(f"copying {image} from {run.aws.region_name} to {', '.join(to_regions)}")
-    copies = lib.copy(run.aws, image, list(to_regions), wait=not no_wait)
+    with run.out.status(f"copying {image} from {run.aws.region_name} to {', '.join(to_regions)}"):
+        copies = lib.copy(run.aws, image, list(to_regions), wait=not no_wait)
     run.out.table(copies, [("region", "region"), ("image_id", "AMI"), ("source", "copied from")])
 
 

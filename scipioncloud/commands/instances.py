@@ -90,17 +90,16 @@ def launch(
         auto_stop_min=parse_minutes(auto_stop),
         auto_stop_grace_min=parse_minutes(auto_stop_grace, "--auto-stop-grace"),
     )
-    run.out.info(
-        f"launching {instance_type} from {image} in {run.aws.region_name}, ports 22/443 open to {cidr}"
-    )
-    result = lib.launch(run.aws, request)
+    where = f"{run.aws.region_name}, ports 22/443 open to {cidr}"
+    with run.out.status(f"launching {instance_type} from {image} in {where}"):
+        result = lib.launch(run.aws, request)
     run.out.info(f"{result['instance_id']} is running at {result['public_ip']}")
     if not no_wait:
         ec2 = run.aws.ec2()
-        run.out.info("waiting for the first boot to publish the desktop (a few minutes)...")
-        found = console.wait_for_desktop(
-            lambda: console.read_console(ec2, result["instance_id"]), timeout_s=timeout_min * 60
-        )
+        with run.out.status("waiting for the first boot to publish the desktop (a few minutes)"):
+            found = console.wait_for_desktop(
+                lambda: console.read_console(ec2, result["instance_id"]), timeout_s=timeout_min * 60
+            )
         if found is None:
             raise OperationFailed(
                 f"no desktop line on {result['instance_id']}'s console after {timeout_min:g} min; "
@@ -138,7 +137,8 @@ def instances(run, all_instances):
 @click.option("--no-wait", is_flag=True)
 def stop(run, instance, no_wait):
     """Stop INSTANCE (id or Name): disks stay and are billed, the instance hours stop."""
-    result = lib.stop(run.aws, instance, wait=not no_wait)
+    with run.out.status(f"stopping {instance}"):
+        result = lib.stop(run.aws, instance, wait=not no_wait)
     run.out.emit(result, text=f"{result['instance_id']}: {result['state']}")
 
 
@@ -147,7 +147,8 @@ def stop(run, instance, no_wait):
 @click.option("--no-wait", is_flag=True)
 def start(run, instance, no_wait):
     """Start a stopped INSTANCE (its public address usually changes)."""
-    result = lib.start(run.aws, instance, wait=not no_wait)
+    with run.out.status(f"starting {instance}"):
+        result = lib.start(run.aws, instance, wait=not no_wait)
     run.out.emit(result, text=f"{result['instance_id']}: {result['state']} at {result['public_ip']}")
 
 
@@ -167,7 +168,8 @@ def resize(run, instance, instance_type):
 @click.option("--yes", is_flag=True, help="Terminate even though unsnapshotted volumes will be deleted.")
 def terminate(run, instance, yes):
     """Terminate INSTANCE; refuses while a volume that would be deleted has no snapshot."""
-    result = lib.terminate(run.aws, instance, yes)
+    with run.out.status(f"terminating {instance}"):
+        result = lib.terminate(run.aws, instance, yes)
     kept = ", ".join(result["kept_volumes"]) or "none"
     run.out.emit(result, text=f"{result['instance_id']}: terminated; volumes kept: {kept}")
 

@@ -74,7 +74,8 @@ def detach(run, volume, force):
 @click.option("--no-wait", is_flag=True, help="Return once the snapshot is started.")
 def snapshot(run, volume, description, no_wait):
     """Snapshot VOLUME (what `terminate` wants to see before it deletes a volume)."""
-    result = lib.snapshot(run.aws, volume, description, wait=not no_wait)
+    with run.out.status(f"snapshotting {volume} (large volumes take a while)"):
+        result = lib.snapshot(run.aws, volume, description, wait=not no_wait)
     run.out.emit(result, text=f"{result['snapshot_id']} of {result['volume_id']}: {result['state']}")
 
 

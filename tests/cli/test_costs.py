@@ -141,3 +141,33 @@ def test_cli_estimate_unknown_region_is_exit_2(monkeypatch):
         main, ["cost", "estimate", "--type", "g4dn.xlarge", "--hours", "1", "--region", "xx-1"]
     )
     assert result.exit_code == 2 and "unknown region 'xx-1'" in result.stderr
+
+
+def test_pricing_api_answer_is_parsed():
+    product = {
+        "product": {"attributes": {"instanceType": "g4dn.xlarge"}},
+        "terms": {
+            "OnDemand": {
+                "X.Y": {
+                    "priceDimensions": {"X.Y.Z": {"unit": "Hrs", "pricePerUnit": {"USD": "0.5870000000"}}}
+                }
+            }
+        },
+    }
+    assert costs._on_demand_usd([json.dumps(product)]) == 0.587
+    assert costs._on_demand_usd([]) is None
+
+
+@pytest.mark.integration
+def test_pricing_api_unavailable_falls_back_or_fails_as_asked(aws_env):
+    # the emulator has no Pricing API: `auto` uses the table and says so, `api` fails with the reason
+    from click.testing import CliRunner
+
+    from scipioncloud.cli import main
+
+    args = ["cost", "estimate", "--type", "g4dn.xlarge", "--hours", "1", "--json"]
+    auto = CliRunner().invoke(main, [*args, "--prices", "auto"])
+    assert auto.exit_code == 0
+    assert json.loads(auto.stdout)["prices_from"].startswith("table ")
+    api = CliRunner().invoke(main, [*args, "--prices", "api"])
+    assert api.exit_code == 1 and "Pricing API did not answer" in api.stderr

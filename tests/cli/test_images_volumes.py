@@ -33,6 +33,11 @@ def test_copy_to_another_region_keeps_the_tags(cli, our_ami, aws_env):
     assert tags["scipioncloud:source"] == f"eu-west-1/{our_ami}"
     listed = cli.json("images", "list", "--in", "us-east-1")
     assert [r["image_id"] for r in listed] == [copies[0]["image_id"]]
+    everywhere = cli.json("images", "list")  # default: every enabled region
+    assert sorted((r["region"], r["image_id"]) for r in everywhere) == [
+        ("eu-west-1", our_ami),
+        ("us-east-1", copies[0]["image_id"]),
+    ]
 
 
 def test_share_with_an_account_and_publicly(cli, ec2, our_ami):
