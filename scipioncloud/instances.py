@@ -14,7 +14,7 @@ from scipioncloud import console, images, instance_types, userdata
 from scipioncloud.aws import Aws, tags_dict, waiter_config
 from scipioncloud.console import Desktop
 from scipioncloud.errors import BadInput, OperationFailed, from_client_error
-from scipioncloud.tags import TAG_IMAGE, TAG_INSTANCE, TAG_MANAGED
+from scipioncloud.tags import TAG_GPU, TAG_IMAGE, TAG_INSTANCE, TAG_MANAGED
 
 DESKTOP_PORTS = (22, 443)  # SSH and the browser desktop, nothing else
 DATA_DEVICE = "/dev/sdf"
@@ -281,7 +281,7 @@ def resize(aws: Aws, name_or_id: str, new_type: str, on_step=None) -> dict:
         image_tags = tags_dict(found[0].get("Tags")) if found else {}
     except ClientError:
         pass  # the AMI may be gone; the GPU check then only needs the type to exist
-    instance_types.check(ec2, new_type, image_tags.get("scipioncloud:gpu") == "required")
+    instance_types.check(ec2, new_type, image_tags.get(TAG_GPU) == "required")
     instance_id = instance["InstanceId"]
     old_type = instance["InstanceType"]
     was_running = instance["State"]["Name"] in ("pending", "running")
