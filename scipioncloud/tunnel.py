@@ -37,8 +37,9 @@ class SshTarget:
         return [*argv, f"{self.user}@{self.host}"]
 
 
-def read_token(target: SshTarget, token_file: str = TOKEN_FILE) -> str:
+def read_token(target: SshTarget, token_file: str | None = None) -> str:
     """The agent token (root-only file) via `sudo cat`; never printed."""
+    token_file = token_file or TOKEN_FILE
     result = subprocess.run(
         [*target.argv(), *(["sudo", "-n"] if target.sudo else []), "cat", token_file],
         capture_output=True,
@@ -61,8 +62,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def open_tunnel(target: SshTarget, remote_port: int = AGENT_PORT, timeout_s: float = 30) -> Iterator[str]:
+def open_tunnel(target: SshTarget, remote_port: int | None = None, timeout_s: float = 30) -> Iterator[str]:
     """Forward a free local port to the instance's 127.0.0.1:remote_port; yields the local base URL."""
+    remote_port = remote_port or AGENT_PORT
     local = _free_port()
     argv = target.argv()
     argv[1:1] = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}"]

@@ -189,28 +189,61 @@ def desktop(run, instance):
     )
 
 
-def _ssh_target(run, instance: str, key: Path | None, user: str) -> tunnel.SshTarget:
+def ssh_options(f):
+    """--key, --user and how to reach the instance when its public address is not the way in."""
+    options = [
+        click.option(
+            "--key",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="SSH private key (default: ~/.ssh/KEYNAME.pem when present, else your ssh config).",
+        ),
+        click.option("--user", default="ubuntu", show_default=True, help="SSH user (sudo reads the token)."),
+        click.option("--ssh-host", help="Address or ssh-config alias to use instead of the public address."),
+        click.option("--ssh-port", type=int, default=22, show_default=True),
+        click.option(
+            "--ssh-option", "ssh_opts", multiple=True, metavar="KEY=VALUE", help="Passed as ssh -o."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _ssh_target(
+    run,
+    instance: str,
+    key: Path | None,
+    user: str,
+    ssh_host: str | None = None,
+    ssh_port: int = 22,
+    ssh_opts: tuple[str, ...] = (),
+) -> tunnel.SshTarget:
     found = lib.resolve(run.aws, instance)
-    address = found.get("PublicIpAddress") or found.get("PublicDnsName")
+    address = ssh_host or found.get("PublicIpAddress") or found.get("PublicDnsName")
     if not address:
-        raise BadInput(f"{found['InstanceId']} has no public address (is it running?)")
+        raise BadInput(f"{found['InstanceId']} has no public address (is it running?); or pass --ssh-host")
     if key is None and found.get("KeyName"):
         default = Path.home() / ".ssh" / f"{found['KeyName']}.pem"
         key = default if default.exists() else None
-    return tunnel.SshTarget(host=address, user=user, key_file=key)
+    for option in ssh_opts:
+        if "=" not in option:
+            raise BadInput(f"--ssh-option {option!r}: expected KEY=VALUE")
+    return tunnel.SshTarget(
+        host=address,
+        user=user,
+        key_file=key,
+        port=ssh_port,
+        options=("StrictHostKeyChecking=accept-new", *ssh_opts),
+        sudo=user != "root",
+    )
 
 
 @command(_holder, "status")
 @click.argument("instance")
-@click.option(
-    "--key",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="SSH private key (default: ~/.ssh/KEYNAME.pem when present, else your ssh config).",
-)
-@click.option("--user", default="ubuntu", show_default=True)
-def status(run, instance, key, user):
+@ssh_options
+def status(run, instance, key, user, ssh_host, ssh_port, ssh_opts):
     """INSTANCE's agent summary (GPUs, pre-warm progress, idle) through an SSH tunnel."""
-    target = _ssh_target(run, instance, key, user)
+    target = _ssh_target(run, instance, key, user, ssh_host, ssh_port, ssh_opts)
     token = tunnel.read_token(target)
     with tunnel.open_tunnel(target) as url:
         summary = agent_client.AgentClient(url, token).summary()

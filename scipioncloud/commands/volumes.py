@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from scipioncloud import agent_client, tunnel
 from scipioncloud import volumes as lib
 from scipioncloud.commands.common import command
-from scipioncloud.commands.instances import _ssh_target
+from scipioncloud.commands.instances import _ssh_target, ssh_options
 
 COLUMNS = [
     ("volume_id", "volume"),
@@ -84,12 +82,11 @@ def snapshot(run, volume, description, no_wait):
 @click.argument("volume")
 @click.argument("mountpoint")
 @click.option("--fstype", default="ext4", show_default=True)
-@click.option("--key", type=click.Path(path_type=Path, dir_okay=False), help="SSH private key.")
-@click.option("--user", default="ubuntu", show_default=True)
-def mount(run, instance, volume, mountpoint, fstype, key, user):
+@ssh_options
+def mount(run, instance, volume, mountpoint, fstype, key, user, ssh_host, ssh_port, ssh_opts):
     """Ask INSTANCE's agent to format VOLUME (only if blank) and mount it at MOUNTPOINT (e.g. /data)."""
     lib.resolve(run.aws, volume)
-    target = _ssh_target(run, instance, key, user)
+    target = _ssh_target(run, instance, key, user, ssh_host, ssh_port, ssh_opts)
     token = tunnel.read_token(target)
     with tunnel.open_tunnel(target) as url:
         result = agent_client.AgentClient(url, token, timeout_s=600).mount(volume, mountpoint, fstype)

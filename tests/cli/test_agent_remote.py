@@ -168,3 +168,38 @@ def test_tunnel_failure_is_reported(sshd, tmp_path):
         tunnel.open_tunnel(broken, remote_port=free_port()),
     ):
         pass
+
+
+def test_status_command_end_to_end(cli, our_ami, key_pair, sshd, agent, monkeypatch):
+    """The real `scipioncloud status`: instance looked up in the emulator, ssh to our sshd (standing in for
+    the instance's), token read over ssh, summary through the tunnel."""
+    from tests.cli.conftest import launch
+
+    launched = launch(cli, "--name", "cryo-status")
+    monkeypatch.setattr(tunnel, "AGENT_PORT", int(agent.url.rsplit(":", 1)[1]))
+    monkeypatch.setattr(tunnel, "TOKEN_FILE", str(Path(agent.config_path).parent / "agent.token"))
+    ssh = [
+        "--ssh-host",
+        "127.0.0.1",
+        "--ssh-port",
+        str(sshd.port),
+        "--user",
+        "root",
+        "--key",
+        str(sshd.key_file),
+        "--ssh-option",
+        sshd.options[1],
+    ]
+    summary = cli.json("status", "cryo-status", *ssh)
+    assert summary["agent"]["status"] == "ok"
+    text = cli("status", launched["instance_id"], *ssh)
+    assert text.exit_code == 0 and text.stdout.startswith("agent ")
+    assert agent.token not in text.output  # the token is never shown
+
+    unknown = cli("volumes", "mount", "cryo-status", "vol-0123456789abcdef0", "/data", *ssh)
+    assert unknown.exit_code == 2 and "InvalidVolume.NotFound" in unknown.stderr  # checked before any ssh
+    volume = cli.json("volumes", "create", "--size", "10", "--instance", "cryo-status")["volume_id"]
+    # the request reaches the agent through the tunnel; this machine has no such EBS device, so it refuses
+    mounted = cli("volumes", "mount", "cryo-status", volume, "/data", *ssh)
+    assert mounted.exit_code == 2
+    assert f"agent /v1/volumes/{volume}/mount:" in mounted.stderr
