@@ -47,9 +47,9 @@ class Aws:
 
     def client(self, service: str, region: str | None = None):
         region = region or self.region_name
-        check_region(self.session, region)
         key = (service, region)
         if key not in self._clients:
+            check_region(self.session, region)
             try:
                 self._clients[key] = self.session.client(service, region_name=region, config=RETRIES)
             except NoRegionError:

@@ -33,12 +33,16 @@ def summarize(image: dict, region: str) -> dict[str, Any]:
 
 def ours_in_region(aws: Aws, region: str, image: str | None = None) -> list[dict]:
     """Our AMIs (owned by this account, tagged TAG_IMAGE[=image]) in one region, newest first."""
+    return _ours(aws.ec2(region), region, image)
+
+
+def _ours(ec2, region: str, image: str | None) -> list[dict]:
     tag_filter = (
         {"Name": f"tag:{TAG_IMAGE}", "Values": [image]}
         if image
         else {"Name": "tag-key", "Values": [TAG_IMAGE]}
     )
-    pages = aws.ec2(region).get_paginator("describe_images").paginate(Owners=["self"], Filters=[tag_filter])
+    pages = ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=[tag_filter])
     found = [summarize(i, region) for page in pages for i in page["Images"]]
     return sorted(found, key=lambda i: i["created"] or "", reverse=True)
 
@@ -49,10 +53,10 @@ def enabled_regions(aws: Aws) -> list[str]:
 
 def list_images(aws: Aws, regions: list[str] | None = None, image: str | None = None) -> list[dict]:
     regions = regions or enabled_regions(aws)
-    clients = [aws.ec2(r) for r in regions]  # made here: boto3 sessions are not thread-safe, clients are
-    del clients
+    # Clients are made here, in one thread: boto3 sessions are not thread-safe, clients are.
+    clients = {region: aws.ec2(region) for region in regions}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        per_region = list(pool.map(lambda r: ours_in_region(aws, r, image), regions))
+        per_region = list(pool.map(lambda r: _ours(clients[r], r, image), regions))
     return [i for found in per_region for i in found]
 
 

@@ -70,6 +70,19 @@ def build_inventory(
     return {"all": {"hosts": entries}}
 
 
+def image_vars(playbook: Path, image: str) -> list[Path]:
+    """The image's Ansible vars file, images/IMAGE.yml beside the playbook's folder (as the bake passes
+    it to Packer); [] when the playbook has no images/ folder (e.g. a playbook of your own)."""
+    folder = playbook.parent.parent / "images"
+    if not folder.is_dir():
+        return []
+    path = folder / f"{image}.yml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yml"))) or "none"
+        raise BadInput(f"unknown image {image!r}: no {path} (known: {known})")
+    return [path]
+
+
 def _message(result: dict[str, Any]) -> str:
     for key in ("msg", "stderr", "reason"):
         value = result.get(key)
@@ -97,6 +110,7 @@ def run(
         raise BadInput(f"playbook {playbook} does not exist; pass --playbook FILE")
     if key_file is not None and not Path(key_file).is_file():
         raise BadInput(f"key file {key_file} does not exist")
+    vars_files = (*image_vars(playbook, image), *vars_files)
     variables = {"scipioncloud_image": image, **(extravars or {})}
     cmdline = " ".join(f"-e @{Path(f).resolve()}" for f in vars_files)
     for f in vars_files:

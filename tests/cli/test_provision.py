@@ -121,3 +121,33 @@ def test_provision_rejects_bad_input(tmp_path):
         provision.build_inventory(["a b; rm -rf /"], "ubuntu", None)
     result = CliRunner().invoke(main, ["provision", "localhost", "--playbook", str(tmp_path / "nope.yml")])
     assert result.exit_code == 2 and "pass --playbook" in result.stderr
+
+
+def test_provision_passes_the_image_vars_file(tmp_path):
+    (tmp_path / "roles").mkdir()
+    (tmp_path / "images").mkdir()
+    site = tmp_path / "roles" / "site.yml"
+    site.write_text(
+        playbook(
+            tmp_path, GOOD.replace("image={{ scipioncloud_image }}", "flavour={{ flavour }}")
+        ).read_text()
+    )
+    (tmp_path / "images" / "scipion-compute.yml").write_text(f"flavour: headless\nout_dir: {tmp_path}\n")
+    result = provision.run(["localhost"], site, image="scipion-compute", connection="local")
+    assert result.ok, result.failures
+    assert (tmp_path / "marker").read_text() == "flavour=headless\n"
+    bad = CliRunner().invoke(
+        main,
+        [
+            "provision",
+            "localhost",
+            "--connection",
+            "local",
+            "--playbook",
+            str(site),
+            "--image",
+            "scipion-nope",
+        ],
+    )
+    assert bad.exit_code == 2
+    assert "unknown image 'scipion-nope'" in bad.stderr and "known: scipion-compute" in bad.stderr
