@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from scipioncloud import console, images, instance_types, userdata
+from scipioncloud import console, images, instance_types, userdata, volumes
 from scipioncloud.aws import Aws, tags_dict, waiter_config
 from scipioncloud.console import Desktop
 from scipioncloud.errors import BadInput, OperationFailed, from_client_error
@@ -35,6 +35,7 @@ class LaunchRequest:
     auto_stop_min: float | None = None
     auto_stop_grace_min: float = 10
     extra_tags: dict[str, str] = field(default_factory=dict)
+    allow_no_gpu: bool = False
 
 
 def resolve(aws: Aws, name_or_id: str) -> dict:
@@ -108,7 +109,8 @@ def launch(aws: Aws, request: LaunchRequest) -> dict[str, Any]:
     """Check everything that can be checked, then run the instance; returns once it is running."""
     ec2 = aws.ec2()
     image = images.resolve(aws, request.image)
-    instance_types.check(ec2, request.instance_type, image["needs_gpu"])
+    instance_types.check(ec2, request.instance_type, image["needs_gpu"] and not request.allow_no_gpu)
+    volumes.check_performance(request.data_volume_type, None, None)
     try:
         ec2.describe_key_pairs(KeyNames=[request.key_name])
     except ClientError as exc:
@@ -271,7 +273,7 @@ def start(aws: Aws, name_or_id: str, wait: bool = True) -> dict:
     }
 
 
-def resize(aws: Aws, name_or_id: str, new_type: str, on_step=None) -> dict:
+def resize(aws: Aws, name_or_id: str, new_type: str, on_step=None, allow_no_gpu: bool = False) -> dict:
     """Stop, change the type, start again (as the guide's console steps); a stopped one stays stopped."""
     instance = resolve(aws, name_or_id)
     ec2 = aws.ec2()
@@ -281,7 +283,7 @@ def resize(aws: Aws, name_or_id: str, new_type: str, on_step=None) -> dict:
         image_tags = tags_dict(found[0].get("Tags")) if found else {}
     except ClientError:
         pass  # the AMI may be gone; the GPU check then only needs the type to exist
-    instance_types.check(ec2, new_type, image_tags.get(TAG_GPU) == "required")
+    instance_types.check(ec2, new_type, image_tags.get(TAG_GPU) == "required" and not allow_no_gpu)
     instance_id = instance["InstanceId"]
     old_type = instance["InstanceType"]
     was_running = instance["State"]["Name"] in ("pending", "running")

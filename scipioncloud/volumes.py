@@ -7,9 +7,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from scipioncloud import instances  # module import: instances.py imports this module too
 from scipioncloud.aws import Aws, tags_dict, waiter_config
 from scipioncloud.errors import BadInput, from_client_error
-from scipioncloud.instances import resolve as resolve_instance
 from scipioncloud.tags import TAG_MANAGED
 
 TYPES = ("gp3", "gp2", "io1", "io2", "st1", "sc1")
@@ -65,7 +65,7 @@ def create(
         raise BadInput("--size must be at least 1 GB")
     ec2 = aws.ec2()
     if instance:
-        zone = resolve_instance(aws, instance)["Placement"]["AvailabilityZone"]
+        zone = instances.resolve(aws, instance)["Placement"]["AvailabilityZone"]
     if zone is None:
         zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
     tags = [{"Key": TAG_MANAGED, "Value": "true"}] + ([{"Key": "Name", "Value": name}] if name else [])
@@ -128,7 +128,7 @@ def free_device(instance: dict) -> str:
 
 def attach(aws: Aws, volume_id: str, instance: str, device: str | None = None) -> dict:
     volume = resolve(aws, volume_id)
-    target = resolve_instance(aws, instance)
+    target = instances.resolve(aws, instance)
     if volume["State"] != "available":
         raise BadInput(f"volume {volume_id} is {volume['State']}, not available; detach it first")
     if volume["AvailabilityZone"] != target["Placement"]["AvailabilityZone"]:

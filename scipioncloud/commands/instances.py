@@ -51,6 +51,7 @@ def _desktop_text(result: dict) -> str:
 )
 @click.option("--auto-stop-grace", default="10m", show_default=True, help="Warning on the desktop before.")
 @click.option("--no-wait", is_flag=True, help="Return as soon as the instance is running.")
+@click.option("--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image.")
 @click.option(
     "--timeout",
     "timeout_min",
@@ -73,6 +74,7 @@ def launch(
     auto_stop,
     auto_stop_grace,
     no_wait,
+    allow_no_gpu,
     timeout_min,
 ):
     """Launch a workstation: GPU instance, security group for SSH and HTTPS, then its desktop URL."""
@@ -89,6 +91,7 @@ def launch(
         subnet_id=subnet_id,
         auto_stop_min=parse_minutes(auto_stop),
         auto_stop_grace_min=parse_minutes(auto_stop_grace, "--auto-stop-grace"),
+        allow_no_gpu=allow_no_gpu,
     )
     where = f"{run.aws.region_name}, ports 22/443 open to {cidr}"
     with run.out.status(f"launching {instance_type} from {image} in {where}"):
@@ -155,9 +158,12 @@ def start(run, instance, no_wait):
 @command(_holder, "resize")
 @click.argument("instance")
 @click.option("--type", "instance_type", required=True, help="The new instance type.")
-def resize(run, instance, instance_type):
+@click.option(
+    "--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image (CPU-only steps)."
+)
+def resize(run, instance, instance_type, allow_no_gpu):
     """Change INSTANCE's type: stop, change, start (a stopped one stays stopped)."""
-    result = lib.resize(run.aws, instance, instance_type, on_step=run.out.info)
+    result = lib.resize(run.aws, instance, instance_type, on_step=run.out.info, allow_no_gpu=allow_no_gpu)
     run.out.emit(
         result, text=f"{result['instance_id']}: {result['old_type']} -> {result['type']}, {result['state']}"
     )

@@ -137,12 +137,33 @@ def test_volume_create_rejects_impossible_settings(cli, args, message):
         (["images", "share", "ghost-image", "--public"], "unknown image 'ghost-image'"),
         (["images", "copy", "ami-12345678", "--to", "us-east-1"], "ami-12345678"),
         (["launch", "--image", "ghost-image", "--key", "lab", "--cidr", "203.0.113.7/32"], "unknown image"),
+        (["launch", "--image", "ami-12345678", "--key", "lab", "--cidr", "203.0.113.7/32"], "ami-12345678"),
+        (
+            ["launch", "--image", "scipion-desktop", "--key", "lost", "--cidr", "203.0.113.7/32"],
+            "unknown key pair",
+        ),
+        (
+            [
+                "launch",
+                "--image",
+                "scipion-desktop",
+                "--key",
+                "lab",
+                "--cidr",
+                "203.0.113.7/32",
+                "--data-volume",
+                "10",
+                "--data-volume-type",
+                "io2",
+            ],
+            "need --iops",
+        ),
         (["volumes", "snapshot", "vol-12345678"], "vol-12345678"),
         (["volumes", "detach", "disk-a"], "unknown volume 'disk-a'"),
         (["volumes", "attach", "vol-12345678", "i-0123456789abcdef0"], "vol-12345678"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(cli, key_pair, args, message):
+def test_bad_input_is_one_line_and_exit_2(cli, key_pair, our_ami, args, message):
     result = cli(*args)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

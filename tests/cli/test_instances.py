@@ -197,6 +197,14 @@ def test_resize_keeps_a_stopped_instance_stopped(cli, ec2, our_ami, key_pair, ca
     assert result["state"] == "stopped" and result["type"] == "g6.xlarge"
 
 
+def test_resize_to_a_cpu_type_needs_consent(cli, ec2, our_ami, key_pair):
+    launched = launch(cli)
+    refused = cli("resize", launched["instance_id"], "--type", "r5.2xlarge")
+    assert refused.exit_code == 2 and "has no NVIDIA GPU" in refused.stderr
+    done = cli.json("resize", launched["instance_id"], "--type", "r5.2xlarge", "--allow-no-gpu")
+    assert done["type"] == "r5.2xlarge"
+
+
 def test_resize_rejects_an_unknown_type_without_stopping(cli, ec2, our_ami, key_pair, calls):
     launched = launch(cli)
     result = cli("resize", launched["instance_id"], "--type", "p2.xlarge")
