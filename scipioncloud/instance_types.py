@@ -36,7 +36,6 @@ def check(ec2, instance_type: str, needs_gpu: bool) -> dict:
         raise BadInput(
             f"instance type {instance_type} has no NVIDIA GPU and this image needs one; "
             "pick a GPU type such as g4dn.xlarge, g5.xlarge or g6.xlarge (or pass --allow-no-gpu for "
-            "CPU-only "
-            "steps, as the original guide suggests for picking or classification)"
+            "CPU-only steps, as the original guide suggests for picking or classification)"
         )
     return description
