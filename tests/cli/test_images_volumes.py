@@ -177,3 +177,34 @@ def test_bad_input_under_json_is_a_json_error(cli):
     result = cli("stop", "i-0123456789abcdef0", "--json")
     assert result.exit_code == 2
     assert "does not exist" in json.loads(result.stdout)["error"]
+
+
+def test_installed_command_honours_aws_endpoint_url(aws_env, our_ami):
+    """The console script itself, in its own process, finds the emulator only through AWS_ENDPOINT_URL."""
+    import json
+    import os
+    import subprocess
+
+    from tests.conftest import VENV_BIN
+
+    env = {**os.environ, **aws_env}
+    out = subprocess.run(
+        [str(VENV_BIN / "scipioncloud"), "images", "list", "--in", "eu-west-1", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert [r["image_id"] for r in json.loads(out.stdout)] == [our_ami]
+    env.pop("AWS_ENDPOINT_URL")
+    env["AWS_ENDPOINT_URL_EC2"] = "http://127.0.0.1:9"  # nothing listens: proves calls went to the endpoint
+    failed = subprocess.run(
+        [str(VENV_BIN / "scipioncloud"), "images", "list", "--in", "eu-west-1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert failed.returncode == 1 and "cannot reach AWS" in failed.stderr
