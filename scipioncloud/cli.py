@@ -5,9 +5,20 @@ from __future__ import annotations
 import click
 
 from scipioncloud import __version__
+from scipioncloud.commands import instances, provision
+from scipioncloud.commands.cost import cost
+from scipioncloud.commands.images import images
+from scipioncloud.commands.volumes import volumes
 
 
 @click.group()
 @click.version_option(__version__)
 def main() -> None:
     """Bake ScipionCloud images and run cryo-EM workstations on AWS."""
+
+
+main.add_command(images)
+main.add_command(volumes)
+main.add_command(cost)
+instances.register(main)
+provision.register(main)

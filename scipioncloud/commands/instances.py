@@ -1,0 +1,256 @@
+"""`scipioncloud launch | instances | stop | start | resize | terminate | desktop | status`"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scipioncloud import agent_client, console, costs, tunnel
+from scipioncloud import instances as lib
+from scipioncloud.commands.common import command, parse_minutes
+from scipioncloud.errors import BadInput, OperationFailed
+from scipioncloud.network import caller_cidr, normalize_cidr
+
+
+def register(main: click.Group) -> None:
+    for cmd in (launch, instances, stop, start, resize, terminate, desktop, status):
+        main.add_command(cmd)
+
+
+_holder = click.Group()  # commands are made here, then added to the real group by register()
+
+
+def _desktop_text(result: dict) -> str:
+    lines = []
+    if result.get("desktop_url"):
+        lines += [f"desktop:  {result['desktop_url']}", f"password: {result['password']}"]
+    if result.get("ssh"):
+        lines.append(f"ssh:      {result['ssh']}")
+    return "\n".join(lines)
+
+
+@command(_holder, "launch")
+@click.option("--image", required=True, help="Image name (tag scipioncloud:image) or AMI id.")
+@click.option("--type", "instance_type", default="g4dn.xlarge", show_default=True, help="EC2 instance type.")
+@click.option("--disk", "disk_gb", type=int, default=100, show_default=True, help="System disk, GB (gp3).")
+@click.option(
+    "--data-volume",
+    "data_gb",
+    type=int,
+    default=0,
+    help="Also make a data volume of this many GB (kept when the instance is terminated).",
+)
+@click.option("--data-volume-type", default="gp3", show_default=True)
+@click.option("--key", "key_name", required=True, help="EC2 key pair name.")
+@click.option("--cidr", help="Who may reach SSH and the desktop (default: your public address/32).")
+@click.option("--name", help="Name tag (default: IMAGE-xxxxxx).")
+@click.option("--subnet", "subnet_id", help="Subnet (default: the default VPC's).")
+@click.option(
+    "--auto-stop", help="Power off after this long idle, e.g. 60m or 2h (shutdown behaviour: stop)."
+)
+@click.option("--auto-stop-grace", default="10m", show_default=True, help="Warning on the desktop before.")
+@click.option("--no-wait", is_flag=True, help="Return as soon as the instance is running.")
+@click.option("--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image.")
+@click.option(
+    "--timeout",
+    "timeout_min",
+    type=float,
+    default=20,
+    show_default=True,
+    help="Minutes to wait for the desktop line on the console.",
+)
+def launch(
+    run,
+    image,
+    instance_type,
+    disk_gb,
+    data_gb,
+    data_volume_type,
+    key_name,
+    cidr,
+    name,
+    subnet_id,
+    auto_stop,
+    auto_stop_grace,
+    no_wait,
+    allow_no_gpu,
+    timeout_min,
+):
+    """Launch a workstation: GPU instance, security group for SSH and HTTPS, then its desktop URL."""
+    cidr = normalize_cidr(cidr) if cidr else caller_cidr()
+    request = lib.LaunchRequest(
+        image=image,
+        instance_type=instance_type,
+        key_name=key_name,
+        cidr=cidr,
+        name=name,
+        disk_gb=disk_gb,
+        data_volume_gb=data_gb,
+        data_volume_type=data_volume_type,
+        subnet_id=subnet_id,
+        auto_stop_min=parse_minutes(auto_stop),
+        auto_stop_grace_min=parse_minutes(auto_stop_grace, "--auto-stop-grace"),
+        allow_no_gpu=allow_no_gpu,
+    )
+    where = f"{run.aws.region_name}, ports 22/443 open to {cidr}"
+    with run.out.status(f"launching {instance_type} from {image} in {where}"):
+        result = lib.launch(run.aws, request)
+    run.out.info(f"{result['instance_id']} is running at {result['public_ip']}")
+    if not no_wait:
+        ec2 = run.aws.ec2()
+        with run.out.status("waiting for the first boot to publish the desktop (a few minutes)"):
+            found = console.wait_for_desktop(
+                lambda: console.read_console(ec2, result["instance_id"]), timeout_s=timeout_min * 60
+            )
+        if found is None:
+            raise OperationFailed(
+                f"no desktop line on {result['instance_id']}'s console after {timeout_min:g} min; "
+                f"it is running ({result['ssh']}); try `scipioncloud desktop {result['instance_id']}` later"
+            )
+        result |= {"desktop_url": found.url, "password": found.password}
+    run.out.emit(result, text=_desktop_text(result) or result["instance_id"])
+
+
+@command(_holder, "instances")
+@click.option("--all", "all_instances", is_flag=True, help="Every instance, not only ScipionCloud's.")
+def instances(run, all_instances):
+    """Our instances: state, type, uptime since the last start, on-demand cost so far."""
+    region = run.aws.region_name
+    table = costs.load_table()
+    prices = table.regions.get(region)
+    rows = lib.list_instances(run.aws, all_instances, prices.instances_per_hour.get if prices else None)
+    run.out.table(
+        rows,
+        [
+            ("instance_id", "instance"),
+            ("name", "name"),
+            ("state", "state"),
+            ("type", "type"),
+            ("public_ip", "address"),
+            ("uptime_h", "uptime h"),
+            ("cost_so_far", "cost so far $"),
+        ],
+        title=f"instances in {region} (prices: table of {table.as_of})",
+    )
+
+
+@command(_holder, "stop")
+@click.argument("instance")
+@click.option("--no-wait", is_flag=True)
+def stop(run, instance, no_wait):
+    """Stop INSTANCE (id or Name): disks stay and are billed, the instance hours stop."""
+    with run.out.status(f"stopping {instance}"):
+        result = lib.stop(run.aws, instance, wait=not no_wait)
+    run.out.emit(result, text=f"{result['instance_id']}: {result['state']}")
+
+
+@command(_holder, "start")
+@click.argument("instance")
+@click.option("--no-wait", is_flag=True)
+def start(run, instance, no_wait):
+    """Start a stopped INSTANCE (its public address usually changes)."""
+    with run.out.status(f"starting {instance}"):
+        result = lib.start(run.aws, instance, wait=not no_wait)
+    run.out.emit(result, text=f"{result['instance_id']}: {result['state']} at {result['public_ip']}")
+
+
+@command(_holder, "resize")
+@click.argument("instance")
+@click.option("--type", "instance_type", required=True, help="The new instance type.")
+@click.option(
+    "--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image (CPU-only steps)."
+)
+def resize(run, instance, instance_type, allow_no_gpu):
+    """Change INSTANCE's type: stop, change, start (a stopped one stays stopped)."""
+    result = lib.resize(run.aws, instance, instance_type, on_step=run.out.info, allow_no_gpu=allow_no_gpu)
+    run.out.emit(
+        result, text=f"{result['instance_id']}: {result['old_type']} -> {result['type']}, {result['state']}"
+    )
+
+
+@command(_holder, "terminate")
+@click.argument("instance")
+@click.option("--yes", is_flag=True, help="Terminate even though unsnapshotted volumes will be deleted.")
+def terminate(run, instance, yes):
+    """Terminate INSTANCE; refuses while a volume that would be deleted has no snapshot."""
+    with run.out.status(f"terminating {instance}"):
+        result = lib.terminate(run.aws, instance, yes)
+    kept = ", ".join(result["kept_volumes"]) or "none"
+    run.out.emit(result, text=f"{result['instance_id']}: terminated; volumes kept: {kept}")
+
+
+@command(_holder, "desktop")
+@click.argument("instance")
+def desktop(run, instance):
+    """Print INSTANCE's desktop URL and password (from its console output)."""
+    found = lib.desktop(run.aws, instance)
+    if found is None:
+        raise OperationFailed(
+            f"{instance} has not published its desktop yet (first boot takes a few minutes); try again later"
+        )
+    run.out.emit(
+        {"url": found.url, "password": found.password},
+        text=f"desktop:  {found.url}\npassword: {found.password}",
+    )
+
+
+def ssh_options(f):
+    """--key, --user and how to reach the instance when its public address is not the way in."""
+    options = [
+        click.option(
+            "--key",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="SSH private key (default: ~/.ssh/KEYNAME.pem when present, else your ssh config).",
+        ),
+        click.option("--user", default="ubuntu", show_default=True, help="SSH user (sudo reads the token)."),
+        click.option("--ssh-host", help="Address or ssh-config alias to use instead of the public address."),
+        click.option("--ssh-port", type=int, default=22, show_default=True),
+        click.option(
+            "--ssh-option", "ssh_opts", multiple=True, metavar="KEY=VALUE", help="Passed as ssh -o."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _ssh_target(
+    run,
+    instance: str,
+    key: Path | None,
+    user: str,
+    ssh_host: str | None = None,
+    ssh_port: int = 22,
+    ssh_opts: tuple[str, ...] = (),
+) -> tunnel.SshTarget:
+    found = lib.resolve(run.aws, instance)
+    address = ssh_host or found.get("PublicIpAddress") or found.get("PublicDnsName")
+    if not address:
+        raise BadInput(f"{found['InstanceId']} has no public address (is it running?); or pass --ssh-host")
+    if key is None and found.get("KeyName"):
+        default = Path.home() / ".ssh" / f"{found['KeyName']}.pem"
+        key = default if default.exists() else None
+    for option in ssh_opts:
+        if "=" not in option:
+            raise BadInput(f"--ssh-option {option!r}: expected KEY=VALUE")
+    return tunnel.SshTarget(
+        host=address,
+        user=user,
+        key_file=key,
+        port=ssh_port,
+        options=("StrictHostKeyChecking=accept-new", *ssh_opts),
+        sudo=user != "root",
+    )
+
+
+@command(_holder, "status")
+@click.argument("instance")
+@ssh_options
+def status(run, instance, key, user, ssh_host, ssh_port, ssh_opts):
+    """INSTANCE's agent summary (GPUs, pre-warm progress, idle) through an SSH tunnel."""
+    target = _ssh_target(run, instance, key, user, ssh_host, ssh_port, ssh_opts)
+    token = tunnel.read_token(target)
+    with tunnel.open_tunnel(target) as url:
+        summary = agent_client.AgentClient(url, token).summary()
+    run.out.emit(summary, text="\n".join(agent_client.describe_summary(summary)))

@@ -1,0 +1,93 @@
+"""`scipioncloud volumes ...`"""
+
+from __future__ import annotations
+
+import click
+
+from scipioncloud import agent_client, tunnel
+from scipioncloud import volumes as lib
+from scipioncloud.commands.common import command
+from scipioncloud.commands.instances import _ssh_target, ssh_options
+
+COLUMNS = [
+    ("volume_id", "volume"),
+    ("name", "name"),
+    ("size_gb", "GB"),
+    ("type", "type"),
+    ("zone", "zone"),
+    ("state", "state"),
+    ("instance_id", "instance"),
+    ("device", "device"),
+]
+
+
+@click.group()
+def volumes() -> None:
+    """EBS data volumes: create, attach, detach, snapshot, mount."""
+
+
+@command(volumes, "list")
+def list_(run):
+    """Our volumes (tag scipioncloud:managed)."""
+    run.out.table(lib.list_volumes(run.aws), COLUMNS)
+
+
+@command(volumes, "create")
+@click.option("--size", "size_gb", type=int, help="Size in GB (default: the snapshot's).")
+@click.option("--type", "volume_type", default="gp3", show_default=True)
+@click.option("--iops", type=int, help="gp3: 3000-16000; io1/io2: required.")
+@click.option("--throughput", type=int, help="gp3 only: 125-1000 MiB/s.")
+@click.option("--snapshot", "snapshot_id", help="Restore from this snapshot.")
+@click.option("--instance", help="Create in this instance's zone (to attach it there).")
+@click.option("--zone", help="Availability zone (default: the region's first).")
+@click.option("--name", help="Name tag.")
+def create(run, size_gb, volume_type, iops, throughput, snapshot_id, instance, zone, name):
+    """Create a volume."""
+    result = lib.create(run.aws, size_gb, volume_type, iops, throughput, snapshot_id, zone, instance, name)
+    run.out.table([result], COLUMNS, data=result)
+
+
+@command(volumes, "attach")
+@click.argument("volume")
+@click.argument("instance")
+@click.option("--device", help="Device name (default: the first free of /dev/sdf../dev/sdp).")
+def attach(run, volume, instance, device):
+    """Attach VOLUME to INSTANCE."""
+    result = lib.attach(run.aws, volume, instance, device)
+    run.out.table([result], COLUMNS, data=result)
+
+
+@command(volumes, "detach")
+@click.argument("volume")
+@click.option("--force", is_flag=True, help="Force (data not yet written may be lost; unmount first).")
+def detach(run, volume, force):
+    """Detach VOLUME from its instance."""
+    result = lib.detach(run.aws, volume, force)
+    run.out.table([result], COLUMNS, data=result)
+
+
+@command(volumes, "snapshot")
+@click.argument("volume")
+@click.option("--description")
+@click.option("--no-wait", is_flag=True, help="Return once the snapshot is started.")
+def snapshot(run, volume, description, no_wait):
+    """Snapshot VOLUME (what `terminate` wants to see before it deletes a volume)."""
+    with run.out.status(f"snapshotting {volume} (large volumes take a while)"):
+        result = lib.snapshot(run.aws, volume, description, wait=not no_wait)
+    run.out.emit(result, text=f"{result['snapshot_id']} of {result['volume_id']}: {result['state']}")
+
+
+@command(volumes, "mount")
+@click.argument("instance")
+@click.argument("volume")
+@click.argument("mountpoint")
+@click.option("--fstype", default="ext4", show_default=True)
+@ssh_options
+def mount(run, instance, volume, mountpoint, fstype, key, user, ssh_host, ssh_port, ssh_opts):
+    """Ask INSTANCE's agent to format VOLUME (only if blank) and mount it at MOUNTPOINT (e.g. /data)."""
+    lib.resolve(run.aws, volume)
+    target = _ssh_target(run, instance, key, user, ssh_host, ssh_port, ssh_opts)
+    token = tunnel.read_token(target)
+    with tunnel.open_tunnel(target) as url:
+        result = agent_client.AgentClient(url, token, timeout_s=600).mount(volume, mountpoint, fstype)
+    run.out.emit(result, text=f"{volume} mounted at {mountpoint}")

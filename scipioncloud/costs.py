@@ -1,0 +1,218 @@
+"""Cost estimates: instance hours, EBS storage per GB-month, transfer out with its free allowance and
+tiers, stopping versus running, and where raw movies are cheapest to keep (the original guide's advice,
+as numbers). Prices come from the shipped table (data/prices.json) or, when asked, AWS's Pricing API."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from scipioncloud.errors import BadInput
+
+TABLE_PATH = Path(str(resources.files("scipioncloud") / "data" / "prices.json"))
+
+
+@dataclass(frozen=True)
+class Tier:
+    up_to_gb: float | None  # cumulative billable GB this tier reaches; None = no upper bound
+    per_gb: float
+
+
+@dataclass(frozen=True)
+class RegionPrices:
+    region: str
+    instances_per_hour: dict[str, float]
+    ebs_per_gb_month: dict[str, float]
+    snapshot_per_gb_month: float
+    s3_per_gb_month: dict[str, float]
+    free_gb_per_month: float
+    tiers: tuple[Tier, ...]
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    as_of: str
+    sources: dict[str, str]
+    hours_per_month: float
+    regions: dict[str, RegionPrices]
+    path: str
+
+    def region(self, name: str) -> RegionPrices:
+        if name not in self.regions:
+            raise BadInput(
+                f"no prices for region {name!r} in {self.path} (it has {', '.join(sorted(self.regions))}); "
+                "add the region to the table or use --prices api"
+            )
+        return self.regions[name]
+
+
+def load_table(path: Path | None = None) -> PriceTable:
+    path = path or TABLE_PATH
+    data = json.loads(Path(path).read_text())
+    regions = {}
+    for name, r in data["regions"].items():
+        transfer = r["transfer_out"]
+        regions[name] = RegionPrices(
+            region=name,
+            instances_per_hour=r["instances_per_hour"],
+            ebs_per_gb_month=r["ebs_per_gb_month"],
+            snapshot_per_gb_month=r["snapshot_per_gb_month"],
+            s3_per_gb_month=r["s3_per_gb_month"],
+            free_gb_per_month=transfer["free_gb_per_month"],
+            tiers=tuple(Tier(t["up_to_gb"], t["per_gb"]) for t in transfer["tiers"]),
+        )
+    return PriceTable(data["as_of"], data["sources"], data["hours_per_month"], regions, str(path))
+
+
+def transfer_cost(gb: float, free_gb: float, tiers: tuple[Tier, ...]) -> float:
+    """One month's transfer out: the free allowance first, then each tier's price on the GB that fall in it
+    (tier bounds count billable GB, i.e. after the allowance)."""
+    if gb < 0:
+        raise BadInput("--egress-gb cannot be negative")
+    billable = max(0.0, gb - free_gb)
+    cost = 0.0
+    floor = 0.0
+    for tier in tiers:
+        top = billable if tier.up_to_gb is None else min(billable, tier.up_to_gb)
+        if top > floor:
+            cost += (top - floor) * tier.per_gb
+        if tier.up_to_gb is None or billable <= tier.up_to_gb:
+            break
+        floor = tier.up_to_gb
+    return cost
+
+
+def _money(x: float) -> float:
+    return round(x + 1e-12, 2)
+
+
+def estimate(
+    prices: RegionPrices,
+    instance_type: str,
+    hours: float,
+    ebs_gb: float = 0,
+    ebs_type: str = "gp3",
+    egress_gb: float = 0,
+    months: float = 1.0,
+    movies_gb: float = 0,
+    hours_per_month: float = 730,
+    hourly: float | None = None,
+    ebs_per_gb_month: float | None = None,
+) -> dict[str, Any]:
+    """Costs over `months`: the instance runs `hours` of them and is stopped the rest (stopped instances
+    cost only their disks); EBS is billed for the whole period; egress is spread evenly over the months."""
+    if months <= 0:
+        raise BadInput("--months must be positive")
+    if hours < 0 or ebs_gb < 0 or movies_gb < 0:
+        raise BadInput("--hours, --ebs-gb and --movies-gb cannot be negative")
+    period_h = months * hours_per_month
+    if hours > period_h:
+        raise BadInput(
+            f"--hours {hours:g} is more than the {period_h:g} hours in {months:g} month(s); raise --months"
+        )
+    if hourly is None:
+        if instance_type not in prices.instances_per_hour:
+            raise BadInput(
+                f"no price for {instance_type} in {prices.region} in the table; known: "
+                f"{', '.join(sorted(prices.instances_per_hour))} (or use --prices api)"
+            )
+        hourly = prices.instances_per_hour[instance_type]
+    if ebs_per_gb_month is None:
+        if ebs_type not in prices.ebs_per_gb_month:
+            raise BadInput(f"unknown EBS type {ebs_type!r}; one of {', '.join(prices.ebs_per_gb_month)}")
+        ebs_per_gb_month = prices.ebs_per_gb_month[ebs_type]
+    instance = hours * hourly
+    storage = ebs_gb * ebs_per_gb_month * months
+    per_month_egress = egress_gb / months
+    transfer = months * transfer_cost(per_month_egress, prices.free_gb_per_month, prices.tiers)
+    total = instance + storage + transfer
+    always_on = period_h * hourly + storage + transfer
+    result: dict[str, Any] = {
+        "region": prices.region,
+        "instance_type": instance_type,
+        "months": months,
+        "hours_running": hours,
+        "hours_stopped": period_h - hours,
+        "price_per_hour": hourly,
+        "ebs_type": ebs_type,
+        "ebs_per_gb_month": ebs_per_gb_month,
+        "free_transfer_gb_per_month": prices.free_gb_per_month,
+        "breakdown": {
+            "instance": _money(instance),
+            "storage": _money(storage),
+            "transfer_out": _money(transfer),
+        },
+        "total": _money(total),
+        "if_never_stopped": _money(always_on),
+        "saved_by_stopping": _money(always_on - total),
+    }
+    if movies_gb:
+        per_month = {
+            "ebs_" + ebs_type: ebs_per_gb_month,
+            **{f"s3_{k}": v for k, v in prices.s3_per_gb_month.items()},
+        }
+        result["movies"] = {
+            "gb": movies_gb,
+            "keep_on": {where: _money(movies_gb * price * months) for where, price in per_month.items()},
+        }
+    return result
+
+
+# --- AWS Pricing API (optional; needs pricing:GetProducts) ---------------------------------------------
+
+
+def _on_demand_usd(price_list: list[str]) -> float | None:
+    for item in price_list:
+        product = json.loads(item)
+        for term in product.get("terms", {}).get("OnDemand", {}).values():
+            for dimension in term.get("priceDimensions", {}).values():
+                usd = float(dimension.get("pricePerUnit", {}).get("USD", "0"))
+                if usd > 0:
+                    return usd
+    return None
+
+
+def api_prices(session, region: str, instance_type: str, ebs_type: str) -> tuple[float, float]:
+    """(USD per hour, USD per GB-month) from the Pricing API; raises on any failure (callers fall back)."""
+    from botocore.config import Config
+
+    client = session.client(
+        "pricing",
+        region_name="us-east-1",  # the Pricing API's own endpoint region
+        config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=5),
+    )
+
+    def term(field: str, value: str) -> dict:
+        return {"Type": "TERM_MATCH", "Field": field, "Value": value}
+
+    hourly = _on_demand_usd(
+        client.get_products(
+            ServiceCode="AmazonEC2",
+            Filters=[
+                term("instanceType", instance_type),
+                term("regionCode", region),
+                term("operatingSystem", "Linux"),
+                term("tenancy", "Shared"),
+                term("preInstalledSw", "NA"),
+                term("capacitystatus", "Used"),
+            ],
+            MaxResults=10,
+        )["PriceList"]
+    )
+    storage = _on_demand_usd(
+        client.get_products(
+            ServiceCode="AmazonEC2",
+            Filters=[
+                term("productFamily", "Storage"),
+                term("volumeApiName", ebs_type),
+                term("regionCode", region),
+            ],
+            MaxResults=10,
+        )["PriceList"]
+    )
+    if hourly is None or storage is None:
+        raise LookupError(f"the Pricing API has no price for {instance_type}/{ebs_type} in {region}")
+    return hourly, storage

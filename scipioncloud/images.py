@@ -1,0 +1,180 @@
+"""Our AMIs: find them by tag across regions, copy them to other regions, share them, prune old ones."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from scipioncloud.aws import Aws, tags_dict, waiter_config
+from scipioncloud.errors import BadInput, OperationFailed, from_client_error
+from scipioncloud.tags import TAG_GPU, TAG_IMAGE
+
+
+def summarize(image: dict, region: str) -> dict[str, Any]:
+    tags = tags_dict(image.get("Tags"))
+    return {
+        "region": region,
+        "image_id": image["ImageId"],
+        "name": image.get("Name"),
+        "image": tags.get(TAG_IMAGE),
+        "created": image.get("CreationDate"),
+        "state": image.get("State"),
+        "public": bool(image.get("Public")),
+        "needs_gpu": tags.get(TAG_GPU) == "required",
+        "snapshots": [
+            m["Ebs"]["SnapshotId"]
+            for m in image.get("BlockDeviceMappings", [])
+            if "Ebs" in m and m["Ebs"].get("SnapshotId")
+        ],
+    }
+
+
+def ours_in_region(aws: Aws, region: str, image: str | None = None) -> list[dict]:
+    """Our AMIs (owned by this account, tagged TAG_IMAGE[=image]) in one region, newest first."""
+    return _ours(aws.ec2(region), region, image)
+
+
+def _ours(ec2, region: str, image: str | None) -> list[dict]:
+    tag_filter = (
+        {"Name": f"tag:{TAG_IMAGE}", "Values": [image]}
+        if image
+        else {"Name": "tag-key", "Values": [TAG_IMAGE]}
+    )
+    pages = ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=[tag_filter])
+    found = [summarize(i, region) for page in pages for i in page["Images"]]
+    return sorted(found, key=lambda i: i["created"] or "", reverse=True)
+
+
+def enabled_regions(aws: Aws) -> list[str]:
+    return sorted(r["RegionName"] for r in aws.ec2().describe_regions()["Regions"])
+
+
+def list_images(aws: Aws, regions: list[str] | None = None, image: str | None = None) -> list[dict]:
+    regions = regions or enabled_regions(aws)
+    # Clients are made here, in one thread: boto3 sessions are not thread-safe, clients are.
+    clients = {region: aws.ec2(region) for region in regions}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        per_region = list(pool.map(lambda r: _ours(clients[r], r, image), regions))
+    return [i for found in per_region for i in found]
+
+
+def resolve(aws: Aws, name_or_id: str, region: str | None = None) -> dict:
+    """An AMI id, or an image name (newest of our AMIs with that TAG_IMAGE, else with that AMI Name)."""
+    region = region or aws.region_name
+    ec2 = aws.ec2(region)
+    if name_or_id.startswith("ami-"):
+        try:
+            images = ec2.describe_images(ImageIds=[name_or_id])["Images"]
+        except ClientError as exc:
+            raise from_client_error(exc, f"image {name_or_id} in {region}") from None
+        if not images:
+            raise BadInput(f"image {name_or_id} does not exist in {region}")
+        return (
+            summarize(images[0], region)
+            | {"root_device": images[0].get("RootDeviceName")}
+            | {"raw": images[0]}
+        )
+    found = ours_in_region(aws, region, name_or_id)
+    if not found:
+        by_name = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name_or_id]}])[
+            "Images"
+        ]
+        found = sorted(
+            (summarize(i, region) for i in by_name), key=lambda i: i["created"] or "", reverse=True
+        )
+    if not found:
+        raise BadInput(
+            f"unknown image {name_or_id!r} in {region}: no AMI of ours is tagged {TAG_IMAGE}={name_or_id}; "
+            "see `scipioncloud images list` or bake one with `make ami`"
+        )
+    return resolve(aws, found[0]["image_id"], region)
+
+
+def copy(aws: Aws, name_or_id: str, to_regions: list[str], wait: bool = True) -> list[dict]:
+    """Copy an AMI to other regions with its tags; waits until each copy is available."""
+    source = resolve(aws, name_or_id)
+    src_region = aws.region_name
+    tags = [t for t in source["raw"].get("Tags", []) if not t["Key"].startswith("aws:")]
+    copies = []
+    for region in to_regions:
+        ec2 = aws.ec2(region)
+        try:
+            new_id = ec2.copy_image(
+                SourceRegion=src_region,
+                SourceImageId=source["image_id"],
+                Name=source["name"],
+                Description=f"copy of {source['image_id']} from {src_region}",
+            )["ImageId"]
+            tags_here = [*tags, {"Key": "scipioncloud:source", "Value": f"{src_region}/{source['image_id']}"}]
+            ec2.create_tags(Resources=[new_id], Tags=tags_here)
+            if wait:
+                ec2.get_waiter("image_available").wait(ImageIds=[new_id], WaiterConfig=waiter_config(3600))
+        except ClientError as exc:
+            raise from_client_error(exc, f"copy to {region}") from None
+        copies.append({"region": region, "image_id": new_id, "source": source["image_id"]})
+    return copies
+
+
+def share(aws: Aws, name_or_id: str, public: bool = False, accounts: tuple[str, ...] = ()) -> dict:
+    """Grant launch permission to everyone (--public) or to accounts; their snapshots follow for accounts
+    so copies in those accounts work."""
+    if not public and not accounts:
+        raise BadInput("say whom to share with: --public or --account ID (repeatable)")
+    for account in accounts:
+        if not (account.isdigit() and len(account) == 12):
+            raise BadInput(f"--account {account!r}: an AWS account id is 12 digits")
+    image = resolve(aws, name_or_id)
+    ec2 = aws.ec2()
+    add = ([{"Group": "all"}] if public else []) + [{"UserId": a} for a in accounts]
+    try:
+        ec2.modify_image_attribute(ImageId=image["image_id"], LaunchPermission={"Add": add})
+        for snapshot in image["snapshots"]:
+            if accounts:
+                ec2.modify_snapshot_attribute(
+                    SnapshotId=snapshot,
+                    Attribute="createVolumePermission",
+                    OperationType="add",
+                    UserIds=list(accounts),
+                )
+    except ClientError as exc:
+        hint = (
+            " (public sharing is blocked by the account's 'block public access for AMIs' setting: "
+            "`aws ec2 disable-image-block-public-access`)"
+            if public
+            else ""
+        )
+        raise OperationFailed(f"{from_client_error(exc, 'share ' + image['image_id'])}{hint}") from None
+    perms = ec2.describe_image_attribute(ImageId=image["image_id"], Attribute="launchPermission")
+    return {
+        "image_id": image["image_id"],
+        "region": image["region"],
+        "launch_permissions": perms["LaunchPermissions"],
+    }
+
+
+def prune(
+    aws: Aws, keep: int, image: str | None = None, regions: list[str] | None = None, dry_run: bool = False
+) -> list[dict]:
+    """Per region and image name, keep the newest `keep` AMIs; deregister the rest and delete their
+    snapshots (a deregistered AMI's snapshots keep costing money otherwise)."""
+    if keep < 1:
+        raise BadInput("--keep must be at least 1 (prune never removes every image)")
+    regions = regions or [aws.region_name]
+    removed = []
+    for region in regions:
+        groups: dict[str, list[dict]] = {}
+        for found in ours_in_region(aws, region, image):
+            groups.setdefault(found["image"], []).append(found)
+        ec2 = aws.ec2(region)
+        for old in (i for group in groups.values() for i in group[keep:]):
+            if not dry_run:
+                try:
+                    ec2.deregister_image(ImageId=old["image_id"])
+                    for snapshot in old["snapshots"]:
+                        ec2.delete_snapshot(SnapshotId=snapshot)
+                except ClientError as exc:
+                    raise from_client_error(exc, f"prune {old['image_id']} in {region}") from None
+            removed.append(old | {"dry_run": dry_run})
+    return removed

@@ -1,0 +1,265 @@
+"""launch / resize / terminate / desktop against the moto server over HTTP, through the real CLI."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from agent.config import load as load_agent_config
+from scipioncloud import console, userdata
+from tests.cli.conftest import CIDR, launch
+
+pytestmark = pytest.mark.integration
+
+
+def instance(ec2, instance_id: str) -> dict:
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+
+def test_launch_opens_only_ssh_and_https_to_the_cidr_with_imdsv2_and_stop(cli, ec2, our_ami, key_pair):
+    result = launch(cli, "--disk", "100", "--data-volume", "500", "--name", "cryo-1")
+    assert result["state"] == "running"
+    group = ec2.describe_security_groups(GroupIds=[result["security_group"]])["SecurityGroups"][0]
+    rules = sorted(
+        (p["IpProtocol"], p["FromPort"], p["ToPort"], tuple(r["CidrIp"] for r in p["IpRanges"]))
+        for p in group["IpPermissions"]
+    )
+    assert rules == [("tcp", 22, 22, (CIDR,)), ("tcp", 443, 443, (CIDR,))]
+
+    found = instance(ec2, result["instance_id"])
+    assert found["MetadataOptions"]["HttpTokens"] == "required"
+    assert found["MetadataOptions"]["HttpEndpoint"] == "enabled"
+    behaviour = ec2.describe_instance_attribute(
+        InstanceId=result["instance_id"], Attribute="instanceInitiatedShutdownBehavior"
+    )
+    assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
+    assert [g["GroupId"] for g in found["SecurityGroups"]] == [result["security_group"]]
+    tags = {t["Key"]: t["Value"] for t in found["Tags"]}
+    assert tags == {"Name": "cryo-1", "scipioncloud:managed": "true", "scipioncloud:image": "scipion-desktop"}
+    assert found["ImageId"] == our_ami and found["KeyName"] == "lab"
+
+    volumes = {
+        v["Attachments"][0]["Device"]: v
+        for v in ec2.describe_volumes(
+            Filters=[{"Name": "attachment.instance-id", "Values": [result["instance_id"]]}]
+        )["Volumes"]
+    }
+    assert volumes["/dev/sda1"]["Size"] == 100 and volumes["/dev/sda1"]["VolumeType"] == "gp3"
+    assert volumes["/dev/sdf"]["Size"] == 500
+    delete = {m["DeviceName"]: m["Ebs"]["DeleteOnTermination"] for m in found["BlockDeviceMappings"]}
+    assert delete == {"/dev/sda1": True, "/dev/sdf": False}  # data outlives the instance
+    assert result["ssh"] == f"ssh -i lab.pem ubuntu@{found['PublicIpAddress']}"
+
+
+def test_launch_auto_stop_user_data_lands_in_agent_toml(cli, ec2, our_ami, key_pair, tmp_path):
+    result = launch(cli, "--auto-stop", "90m", "--auto-stop-grace", "5m")
+    raw = ec2.describe_instance_attribute(InstanceId=result["instance_id"], Attribute="userData")
+    text = base64.b64decode(raw["UserData"]["Value"]).decode()
+    assert text.startswith(userdata.MARKER + "\n")
+    # What the instance's first boot does with it: merge into the existing agent.toml.
+    config = tmp_path / "agent.toml"
+    config.write_text('[server]\nbind = "127.0.0.1:9777"\n[idle]\ncpu_pct = 20\n')
+    assert userdata.apply(text, config)
+    loaded = load_agent_config(config)
+    assert loaded.idle.action == "poweroff"
+    assert loaded.idle.window_min == 90
+    assert loaded.idle.grace_min == 5
+    assert loaded.idle.cpu_pct == 20  # the file's own keys survive
+    assert loaded.server.bind == "127.0.0.1:9777"
+
+
+def test_launch_without_auto_stop_sends_no_user_data(cli, ec2, our_ami, key_pair):
+    result = launch(cli)
+    raw = ec2.describe_instance_attribute(InstanceId=result["instance_id"], Attribute="userData")
+    assert not raw.get("UserData", {}).get("Value")
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "message"),
+    [
+        ("p3.2xlarge", "unknown instance type 'p3.2xlarge'"),
+        ("m5.bogus", "unknown instance type 'm5.bogus'"),
+        ("t3.micro", "has no NVIDIA GPU"),
+    ],
+)
+def test_launch_rejects_bad_types_before_creating_anything(
+    cli, ec2, our_ami, key_pair, calls, instance_type, message
+):
+    result = cli(
+        "launch",
+        "--image",
+        "scipion-desktop",
+        "--type",
+        instance_type,
+        "--key",
+        "lab",
+        "--cidr",
+        CIDR,
+        "--no-wait",
+    )
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stderr.strip().count("\n") == 0 or "launching" in result.stderr.splitlines()[0]
+    assert "RunInstances" not in calls and "CreateSecurityGroup" not in calls
+    assert (
+        ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": ["scipioncloud:managed"]}])[
+            "Reservations"
+        ]
+        == []
+    )
+
+
+def test_launch_without_cidr_fails_clearly_when_the_address_lookup_fails(cli, our_ami, key_pair):
+    result = cli("launch", "--image", "scipion-desktop", "--key", "lab", "--no-wait")
+    assert result.exit_code == 2
+    assert "pass --cidr" in result.stderr
+
+
+def test_launch_refuses_the_whole_internet(cli, our_ami, key_pair):
+    result = cli("launch", "--image", "scipion-desktop", "--key", "lab", "--cidr", "0.0.0.0/0", "--no-wait")
+    assert result.exit_code == 2 and "whole internet" in result.stderr
+
+
+def fake_console_with_desktop_line(after_calls: int):
+    """Stand-in for EC2 GetConsoleOutput (moto's text is fixed): the real output, and from the
+    `after_calls`-th read on, the line the instance's first boot writes."""
+    real = console.read_console
+    count = {"n": 0}
+
+    def read(ec2, instance_id):
+        count["n"] += 1
+        text = real(ec2, instance_id)
+        if count["n"] >= after_calls:
+            text += (
+                "[   42.1] firstboot[612]: SCIPIONCLOUD-DESKTOP url=https://54.1.2.3/ password=s3cret-Pw\n"
+            )
+        return text
+
+    return read, count
+
+
+def test_launch_waits_for_the_desktop_line_and_prints_it(cli, our_ami, key_pair, monkeypatch):
+    read, count = fake_console_with_desktop_line(after_calls=2)
+    monkeypatch.setattr(console, "read_console", read)
+    monkeypatch.setattr(console, "wait_for_desktop", _fast_wait(console.wait_for_desktop))
+    result = cli("launch", "--image", "scipion-desktop", "--key", "lab", "--cidr", CIDR)
+    assert result.exit_code == 0, result.output
+    assert "desktop:  https://54.1.2.3/" in result.stdout
+    assert "password: s3cret-Pw" in result.stdout
+    assert "ssh -i lab.pem ubuntu@" in result.stdout
+    assert count["n"] == 2
+
+
+def _fast_wait(real):
+    return lambda read, timeout_s, **kw: real(read, timeout_s=timeout_s, interval_s=0.05)
+
+
+def test_launch_gives_up_waiting_with_a_clear_message(cli, our_ami, key_pair, monkeypatch):
+    monkeypatch.setattr(console, "wait_for_desktop", _fast_wait(console.wait_for_desktop))
+    result = cli("launch", "--image", "scipion-desktop", "--key", "lab", "--cidr", CIDR, "--timeout", "0.005")
+    assert result.exit_code == 1
+    assert "no desktop line" in result.stderr and "scipioncloud desktop" in result.stderr
+
+
+def test_desktop_reads_the_console(cli, our_ami, key_pair, monkeypatch):
+    launched = launch(cli, "--name", "cryo-2")
+    assert cli("desktop", "cryo-2").exit_code == 1  # not published yet
+    read, _ = fake_console_with_desktop_line(after_calls=1)
+    monkeypatch.setattr(console, "read_console", read)
+    shown = cli.json("desktop", launched["instance_id"])
+    assert shown == {"url": "https://54.1.2.3/", "password": "s3cret-Pw"}
+
+
+def test_resize_stops_modifies_and_starts_in_order(cli, ec2, our_ami, key_pair, calls):
+    launched = launch(cli)
+    calls.clear()
+    result = cli.json("resize", launched["instance_id"], "--type", "g5.xlarge")
+    order = [c for c in calls if c in ("StopInstances", "ModifyInstanceAttribute", "StartInstances")]
+    assert order == ["StopInstances", "ModifyInstanceAttribute", "StartInstances"]
+    assert calls.index("DescribeInstanceTypes") < calls.index("StopInstances")
+    assert result == {
+        "instance_id": launched["instance_id"],
+        "old_type": "g4dn.xlarge",
+        "type": "g5.xlarge",
+        "state": "running",
+    }
+    assert instance(ec2, launched["instance_id"])["InstanceType"] == "g5.xlarge"
+
+
+def test_resize_keeps_a_stopped_instance_stopped(cli, ec2, our_ami, key_pair, calls):
+    launched = launch(cli)
+    assert cli("stop", launched["instance_id"]).exit_code == 0
+    calls.clear()
+    result = cli.json("resize", launched["instance_id"], "--type", "g6.xlarge")
+    assert "StopInstances" not in calls and "StartInstances" not in calls
+    assert result["state"] == "stopped" and result["type"] == "g6.xlarge"
+
+
+def test_resize_to_a_cpu_type_needs_consent(cli, ec2, our_ami, key_pair):
+    launched = launch(cli)
+    refused = cli("resize", launched["instance_id"], "--type", "r5.2xlarge")
+    assert refused.exit_code == 2 and "has no NVIDIA GPU" in refused.stderr
+    done = cli.json("resize", launched["instance_id"], "--type", "r5.2xlarge", "--allow-no-gpu")
+    assert done["type"] == "r5.2xlarge"
+
+
+def test_resize_rejects_an_unknown_type_without_stopping(cli, ec2, our_ami, key_pair, calls):
+    launched = launch(cli)
+    result = cli("resize", launched["instance_id"], "--type", "p2.xlarge")
+    assert result.exit_code == 2 and "unknown instance type 'p2.xlarge'" in result.stderr
+    assert "StopInstances" not in calls
+    assert instance(ec2, launched["instance_id"])["State"]["Name"] == "running"
+
+
+def test_terminate_refuses_while_data_would_be_lost(cli, ec2, our_ami, key_pair):
+    launched = launch(cli, "--data-volume", "200")
+    found = instance(ec2, launched["instance_id"])
+    root = next(m["Ebs"]["VolumeId"] for m in found["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sda1")
+    data = next(m["Ebs"]["VolumeId"] for m in found["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sdf")
+
+    refused = cli("terminate", launched["instance_id"])
+    assert refused.exit_code == 1
+    assert f"{root} (/dev/sda1, 100 GB, no snapshot)" in refused.stderr
+    assert data not in refused.stderr  # kept on termination: nothing lost
+    assert instance(ec2, launched["instance_id"])["State"]["Name"] == "running"
+
+    snap = cli.json("volumes", "snapshot", root)
+    assert snap["state"] == "completed"
+    done = cli.json("terminate", launched["instance_id"])
+    assert done["deleted_volumes"] == [root] and done["kept_volumes"] == [data]
+    assert done["lost_without_snapshot"] == []
+    assert instance(ec2, launched["instance_id"])["State"]["Name"] == "terminated"
+    assert ec2.describe_volumes(VolumeIds=[data])["Volumes"][0]["State"] == "available"
+    assert done["deleted_security_groups"] == [launched["security_group"]]
+
+
+def test_terminate_yes_overrides_and_says_what_was_lost(cli, ec2, our_ami, key_pair):
+    launched = launch(cli)
+    done = cli.json("terminate", launched["instance_id"], "--yes")
+    assert len(done["lost_without_snapshot"]) == 1
+    assert instance(ec2, launched["instance_id"])["State"]["Name"] == "terminated"
+
+
+def test_instances_lists_ours_with_price(cli, ec2, our_ami, key_pair):
+    launched = launch(cli, "--name", "cryo-3")
+    rows = cli.json("instances")
+    assert [(r["instance_id"], r["name"], r["state"], r["type"]) for r in rows] == [
+        (launched["instance_id"], "cryo-3", "running", "g4dn.xlarge")
+    ]
+    assert rows[0]["price_per_h"] == 0.587  # eu-west-1 in the shipped table
+    assert rows[0]["cost_so_far"] == pytest.approx(rows[0]["uptime_h"] * 0.587, abs=0.01)
+    cli.json("stop", "cryo-3")
+    assert cli.json("instances")[0]["state"] == "stopped"
+    started = cli.json("start", "cryo-3")
+    assert started["state"] == "running"
+
+
+def test_ssh_key_default_is_the_key_pair_name(tmp_path: Path):
+    from scipioncloud.instances import ssh_command
+
+    assert (
+        ssh_command({"PublicIpAddress": "198.51.100.4", "KeyName": "lab"})
+        == "ssh -i lab.pem ubuntu@198.51.100.4"
+    )

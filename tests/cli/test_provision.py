@@ -1,0 +1,153 @@
+"""`scipioncloud provision` with ansible-runner, against this machine over ansible_connection=local with a
+tiny playbook that only touches files under tmp_path (the real roles/site.yml is tested by its owners)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from scipioncloud import provision
+from scipioncloud.cli import main
+from scipioncloud.errors import BadInput
+
+pytestmark = pytest.mark.integration
+
+
+def playbook(tmp_path, tasks: str):
+    path = tmp_path / "site.yml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            - name: Tiny site
+              hosts: all
+              gather_facts: false
+              tasks:
+            """
+        )
+        + textwrap.indent(textwrap.dedent(tasks), "    ")
+    )
+    return path
+
+
+GOOD = """\
+- name: Write the marker
+  ansible.builtin.copy:
+    dest: "{{ out_dir }}/marker"
+    content: "image={{ scipioncloud_image }}\\n"
+    mode: "0644"
+- name: Check the marker
+  ansible.builtin.stat:
+    path: "{{ out_dir }}/marker"
+"""
+
+
+def vars_file(tmp_path):
+    path = tmp_path / "vars.yml"
+    path.write_text(f"out_dir: {tmp_path}\n")
+    return path
+
+
+def test_provision_runs_the_playbook_and_summarizes_per_host(tmp_path):
+    runner = CliRunner()
+    args = [
+        "provision",
+        "localhost",
+        "--connection",
+        "local",
+        "--image",
+        "scipion-compute",
+        "--playbook",
+        str(playbook(tmp_path, GOOD)),
+        "--vars-file",
+        str(vars_file(tmp_path)),
+    ]
+    result = runner.invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["failures"] == []
+    assert report["hosts"]["localhost"]["changed"] == 1
+    assert report["hosts"]["localhost"]["ok"] == 2
+    assert (tmp_path / "marker").read_text() == "image=scipion-compute\n"
+
+    again = runner.invoke(main, args)  # idempotent playbook: a second run changes nothing
+    assert again.exit_code == 0
+    assert "TASK Write the marker" in again.stderr
+    assert "provision summary" in again.stdout
+
+
+def test_provision_failure_names_host_task_and_message(tmp_path):
+    bad = playbook(
+        tmp_path, GOOD + '- name: Refuse politely\n  ansible.builtin.fail:\n    msg: "disk /data is full"\n'
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "provision",
+            "localhost",
+            "--connection",
+            "local",
+            "--playbook",
+            str(bad),
+            "--vars-file",
+            str(vars_file(tmp_path)),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "error: localhost: task 'Refuse politely' failed: disk /data is full" in result.stderr
+    assert "localhost: failed" in result.stderr  # the progress line as it happened
+
+
+def test_provision_unreachable_host_is_named(tmp_path):
+    result = provision.run(
+        ["127.0.0.1"],
+        playbook(tmp_path, GOOD),
+        user="nobody-here",
+        key_file=None,
+        extravars={"out_dir": str(tmp_path)},
+    )
+    assert not result.ok
+    assert result.failures and result.failures[0].host == "127.0.0.1"
+    assert result.failures[0].unreachable
+    assert not (tmp_path / "marker").exists()
+
+
+def test_provision_rejects_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="does not exist"):
+        provision.run(["localhost"], tmp_path / "missing.yml")
+    with pytest.raises(BadInput, match="not a host name"):
+        provision.build_inventory(["a b; rm -rf /"], "ubuntu", None)
+    result = CliRunner().invoke(main, ["provision", "localhost", "--playbook", str(tmp_path / "nope.yml")])
+    assert result.exit_code == 2 and "pass --playbook" in result.stderr
+
+
+def test_provision_passes_the_image_vars_file(tmp_path):
+    (tmp_path / "roles").mkdir()
+    (tmp_path / "images").mkdir()
+    site = tmp_path / "roles" / "site.yml"
+    site.write_text(
+        playbook(
+            tmp_path, GOOD.replace("image={{ scipioncloud_image }}", "flavour={{ flavour }}")
+        ).read_text()
+    )
+    (tmp_path / "images" / "scipion-compute.yml").write_text(f"flavour: headless\nout_dir: {tmp_path}\n")
+    result = provision.run(["localhost"], site, image="scipion-compute", connection="local")
+    assert result.ok, result.failures
+    assert (tmp_path / "marker").read_text() == "flavour=headless\n"
+    bad = CliRunner().invoke(
+        main,
+        [
+            "provision",
+            "localhost",
+            "--connection",
+            "local",
+            "--playbook",
+            str(site),
+            "--image",
+            "scipion-nope",
+        ],
+    )
+    assert bad.exit_code == 2
+    assert "unknown image 'scipion-nope'" in bad.stderr and "known: scipion-compute" in bad.stderr
