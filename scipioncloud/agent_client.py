@@ -96,7 +96,7 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
         for gpu in gpus.get("gpus", []):
             lines.append(
                 f"GPU {gpu.get('index', '?')} {gpu.get('name', '')}: "
-                f"{gpu.get('utilization_pct', '?')}% busy, "
+                f"{gpu.get('utilization_gpu_pct', '?')}% busy, "
                 f"{gpu.get('memory_used_bytes', '?')} of {gpu.get('memory_total_bytes', '?')} bytes"
             )
         if not gpus.get("gpus"):

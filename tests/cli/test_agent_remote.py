@@ -69,7 +69,7 @@ def test_describe_summary_of_a_busy_instance():
                     {
                         "index": 0,
                         "name": "Tesla T4",
-                        "utilization_pct": 87,
+                        "utilization_gpu_pct": 87,
                         "memory_used_bytes": 1,
                         "memory_total_bytes": 2,
                     }
