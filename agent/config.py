@@ -49,6 +49,10 @@ class StorageConfig:
     include_loop: bool = False
     prewarm_auto: bool = True
     prewarm_rate_mb_s: float | None = None
+    # Mountpoints whose devices (and every device they sit on) are "root": never formatted, mounted,
+    # unmounted or read by the agent. "/" always counts; list more here (e.g. "/boot/efi").
+    protected_mounts: tuple[str, ...] = ("/",)
+    aws_timeout_s: float = 2.0  # DescribeVolumeStatus: one short try, then report "unavailable"
 
 
 @dataclass(frozen=True)

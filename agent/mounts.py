@@ -1,0 +1,206 @@
+"""Format (only a device proven blank), mount and unmount volumes, keeping the agent's fstab lines in step.
+The same functions serve the HTTP routes and `scipioncloud-agent mount`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import psutil
+
+from agent import blockdev, fstab, shell, signatures
+from agent.blockdev import BlockDevice
+from agent.config import StorageConfig
+from agent.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+FSTYPES = {"ext4": 16, "xfs": 12}  # supported filesystems -> longest label each accepts
+FORMATS = ("never", "if-blank")
+LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_mountpoint(mountpoint: object, roots: tuple[str, ...]) -> Path:
+    """An absolute path without '..' that lies (after following symlinks) under one of the mount roots."""
+    if not isinstance(mountpoint, str) or not mountpoint.startswith("/"):
+        raise ApiError(400, "mountpoint must be an absolute path", mountpoint=mountpoint)
+    if ".." in mountpoint.split("/") or "\x00" in mountpoint or "\n" in mountpoint:
+        raise ApiError(400, "mountpoint may not contain '..' or control characters", mountpoint=mountpoint)
+    path = Path(os.path.normpath(mountpoint))
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if real == real_root or real_root in real.parents:
+            return path
+    raise ApiError(
+        400,
+        f"mountpoint {mountpoint} is outside the mount roots; use a path under {' or '.join(roots)} "
+        "(storage.mount_roots in the agent's config)",
+        mountpoint=mountpoint,
+        mount_roots=list(roots),
+    )
+
+
+def check_options(fstype: object, format: object, label: object) -> None:
+    if fstype not in FSTYPES:
+        raise ApiError(400, f"fstype must be one of {', '.join(FSTYPES)}", fstype=fstype)
+    if format not in FORMATS:
+        raise ApiError(400, f"format must be one of {', '.join(FORMATS)}", format=format)
+    if label is not None and (
+        not isinstance(label, str) or not LABEL.match(label) or len(label) > FSTYPES[fstype]
+    ):
+        raise ApiError(
+            400, f"label: letters, digits, '_', '.', '-', at most {FSTYPES[fstype]} for {fstype}", label=label
+        )
+
+
+def _mkfs(device: BlockDevice, fstype: str, label: str | None) -> None:
+    # No -F / -f: mkfs itself refuses a device that holds anything, a second guard behind our proof.
+    argv = [f"mkfs.{fstype}", "-q"] + (["-L", label] if label else []) + [device.path]
+    shell.run(argv, timeout=600)
+
+
+def _is_mountpoint(path: Path) -> bool:
+    return shell.run(["findmnt", "-n", "--mountpoint", str(path)], ok=(0, 1)).returncode == 0
+
+
+def mount(
+    storage: StorageConfig,
+    address: str,
+    mountpoint: object,
+    fstype: object = "ext4",
+    format: object = "never",
+    label: object = None,
+) -> dict:
+    """Mount the volume at `mountpoint` (formatting it first only when format='if-blank' and it is proven
+    blank) and keep one agent line for it in fstab. Mounting again where it already is changes nothing."""
+    check_options(fstype, format, label)
+    target = check_mountpoint(mountpoint, storage.mount_roots)
+    device = blockdev.find(storage, address)
+    if device.state == "root":
+        raise ApiError(409, f"{device.path} holds the root filesystem; the agent never touches it")
+    if device.state == "mounted":
+        if [str(target)] == device.mountpoints and device.signature:
+            changed = _ensure_line(storage, device, target)
+            return _result(device, target, formatted=False, fstab_changed=changed)
+        raise ApiError(
+            409,
+            f"{device.path} is already in use (mounted at "
+            f"{', '.join(device.all_mountpoints()) or 'a holder'}); unmount it first",
+            mountpoints=device.all_mountpoints(),
+        )
+    formatted = False
+    if device.state == "blank":
+        if format != "if-blank":
+            raise ApiError(409, f"{device.path} is blank; pass format=if-blank to make a {fstype} filesystem")
+        reasons = signatures.not_blank_reasons(device)
+        if reasons:
+            raise ApiError(
+                409, f"{device.path} is not blank: {'; '.join(reasons)}", signature=device.signature
+            )
+        _mkfs(device, str(fstype), label if isinstance(label, str) else None)
+        device.signature = signatures.probe(device.path)
+        formatted = True
+    elif device.state == "partitioned" or (device.signature or {}).get("USAGE") != "filesystem":
+        raise ApiError(
+            409,
+            f"{device.path} holds {_describe(device)}, not a filesystem the agent mounts; "
+            "it was left untouched",
+            signature=device.signature,
+            state=device.state,
+        )
+    if not device.signature or not device.signature.get("UUID"):
+        raise ApiError(
+            409, f"{device.path} has no filesystem UUID to put in fstab", signature=device.signature
+        )
+    if target.exists() and (_is_mountpoint(target) or any(target.iterdir())):
+        raise ApiError(409, f"{target} is not an empty, unused folder; pick another mountpoint")
+    target.mkdir(parents=True, exist_ok=True)
+    changed = _ensure_line(storage, device, target)
+    try:
+        # Mount through the fstab line itself: proves the line works before anyone reboots on it.
+        shell.run(["mount", "-T", str(storage.fstab), str(target)], timeout=120)
+    except shell.CommandError as exc:
+        if changed:
+            fstab.remove(storage.fstab, device.signature["UUID"])
+        raise ApiError(409, f"mount {device.path} at {target} failed: {exc.stderr}") from None
+    log.info("mounted %s (%s) at %s", device.path, device.address, target)
+    return _result(device, target, formatted=formatted, fstab_changed=changed)
+
+
+def _describe(device: BlockDevice) -> str:
+    sig = device.signature or {}
+    if device.state == "partitioned":
+        return f"a {sig.get('PTTYPE', 'partition')} table" if sig.get("PTTYPE") else "partitions"
+    return sig.get("TYPE", "an unknown signature")
+
+
+def _ensure_line(storage: StorageConfig, device: BlockDevice, target: Path) -> bool:
+    entry = fstab.Entry(device.signature["UUID"], str(target), device.signature["TYPE"], device.address)
+    try:
+        return fstab.add(storage.fstab, entry)
+    except fstab.FstabError as exc:
+        raise ApiError(409, str(exc)) from None
+
+
+def _result(device: BlockDevice, target: Path, *, formatted: bool, fstab_changed: bool) -> dict:
+    return {
+        "volume": device.address,
+        "device": device.path,
+        "mountpoint": str(target),
+        "fstype": (device.signature or {}).get("TYPE"),
+        "uuid": (device.signature or {}).get("UUID"),
+        "formatted": formatted,
+        "fstab_changed": fstab_changed,
+    }
+
+
+def holders_of(mountpoint: str) -> list[dict]:
+    """Processes with files, a working folder or a root under `mountpoint` (fuser -m names their pids)."""
+    result = shell.run(["fuser", "-m", mountpoint], ok=(0, 1))
+    procs = []
+    for pid in sorted({int(p) for p in re.findall(r"\d+", result.stdout)}):
+        try:
+            proc = psutil.Process(pid)
+            procs.append({"pid": pid, "name": proc.name(), "cmdline": " ".join(proc.cmdline())[:200]})
+        except psutil.Error:
+            continue  # ended meanwhile
+    return procs
+
+
+def unmount(storage: StorageConfig, address: str) -> dict:
+    """Unmount every mount of the volume under the mount roots and remove the agent's fstab line; a busy
+    mount is refused with the processes holding it."""
+    device = blockdev.find(storage, address)
+    if device.state == "root":
+        raise ApiError(409, f"{device.path} holds the root filesystem; the agent never touches it")
+    mountpoints = device.all_mountpoints()
+    for mountpoint in mountpoints:
+        try:
+            check_mountpoint(mountpoint, storage.mount_roots)
+        except ApiError:
+            raise ApiError(
+                409, f"{device.path} is mounted at {mountpoint}, outside the mount roots; unmount it yourself"
+            ) from None
+    for mountpoint in mountpoints:
+        try:
+            shell.run(["umount", mountpoint], timeout=120)
+        except shell.CommandError as exc:
+            holders = holders_of(mountpoint)
+            names = ", ".join(f"{h['name']} (pid {h['pid']})" for h in holders) or "unknown"
+            raise ApiError(
+                409,
+                f"{mountpoint} is busy: held by {names}; close them and try again",
+                processes=holders,
+                detail=exc.stderr,
+            ) from None
+    uuid = (device.signature or {}).get("UUID")
+    removed = fstab.remove(storage.fstab, uuid) if uuid else False
+    return {
+        "volume": device.address,
+        "device": device.path,
+        "unmounted": mountpoints,
+        "fstab_changed": removed,
+    }

@@ -1,0 +1,443 @@
+"""Pre-warming: read every block of a volume once with fio, as AWS documents for volumes restored from a
+snapshot, with progress, checkpoints that survive a crash or a reboot, and an optional global rate limit.
+
+fio runs read-only (`--readonly`, O_DIRECT reads); the agent never writes to a device. Progress comes from
+fio's JSON status, printed every second. Checkpoints (bytes done, keyed by volume id) live in
+`<state_dir>/prewarm/`; an unfinished one resumes on its own when the agent starts again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from agent import aws_volumes, blockdev
+from agent.blockdev import BlockDevice
+from agent.config import StorageConfig
+from agent.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+BLOCK = MiB  # --bs=1M as AWS documents
+IODEPTH = 32
+CHECKPOINT_S = 1.0  # at most this much progress (plus the I/O in flight) is read twice after a crash
+ACTIVE = ("queued", "running")
+
+
+def fio_argv(
+    path: str, offset: int, length: int, *, bs: int = BLOCK, rate_bytes_s: int | None = None
+) -> list[str]:
+    """The fio command for one range. setpriv --pdeathsig: fio dies with the agent, never orphaned."""
+    argv = [
+        "setpriv", "--pdeathsig", "KILL", "--",
+        "fio", "--name=prewarm", f"--filename={path}", "--rw=read", f"--bs={bs}",
+        f"--iodepth={IODEPTH}", "--ioengine=libaio", "--direct=1", "--readonly",
+        f"--offset={offset}", f"--size={length}",
+        "--output-format=json", "--status-interval=1",
+    ]  # fmt: skip
+    if rate_bytes_s:
+        argv.append(f"--rate={int(rate_bytes_s)}")
+    return argv
+
+
+def json_documents(stream: IO[str]) -> Iterator[dict]:
+    """fio prints one pretty JSON object per status interval; each starts with '{' and ends with '}' in
+    the first column."""
+    buffer: list[str] = []
+    for line in stream:
+        if line.startswith("{"):
+            buffer = [line]
+        elif buffer:
+            buffer.append(line)
+            if line.startswith("}"):
+                try:
+                    yield json.loads("".join(buffer))
+                except ValueError:
+                    log.warning("fio printed a status that is not JSON; skipped")
+                buffer = []
+
+
+def read_bytes(document: dict) -> int:
+    return sum(job.get("read", {}).get("io_bytes", 0) for job in document.get("jobs", []))
+
+
+class FioError(RuntimeError):
+    pass
+
+
+def read_range(
+    path: str,
+    offset: int,
+    length: int,
+    *,
+    bs: int = BLOCK,
+    rate_bytes_s: int | None = None,
+    on_progress: Callable[[int], None] = lambda done: None,
+    stop: threading.Event | None = None,
+) -> tuple[int, bool]:
+    """Read [offset, offset+length) with fio, reporting bytes read; returns (bytes read, finished)."""
+    process = subprocess.Popen(
+        fio_argv(path, offset, length, bs=bs, rate_bytes_s=rate_bytes_s),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    done = 0
+    watcher = None
+    if stop is not None:
+        # A stop request ends fio at once; its status stream then closes and the loop below returns.
+        def watch() -> None:
+            while process.poll() is None:
+                if stop.wait(0.2):
+                    process.terminate()
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+    try:
+        for document in json_documents(process.stdout):  # type: ignore[arg-type]
+            done = read_bytes(document)
+            on_progress(done)
+        stderr = process.stderr.read() if process.stderr else ""
+        returncode = process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+        if watcher is not None:
+            watcher.join()
+    stopped = stop is not None and stop.is_set()
+    if returncode != 0 and not stopped:
+        raise FioError(f"fio exited with {returncode}: {stderr.strip()[-500:]}")
+    return done, (returncode == 0 and not stopped and done >= length)
+
+
+@dataclass
+class Checkpoint:
+    identity: str
+    size: int
+    done: int = 0
+    state: str = "running"  # running (resume on start), done, cancelled, skipped
+    reason: str | None = None
+    updated: float = field(default_factory=time.time)
+
+
+class CheckpointStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.folder = state_dir / "prewarm"
+
+    def _path(self, identity: str) -> Path:
+        return self.folder / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".json")
+
+    def load(self, identity: str) -> Checkpoint | None:
+        try:
+            data = json.loads(self._path(identity).read_text())
+            return Checkpoint(**data) if data.get("identity") == identity else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Atomic: a crash mid-save leaves the previous checkpoint."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        checkpoint.updated = time.time()
+        path = self._path(checkpoint.identity)
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "w") as handle:
+            json.dump(checkpoint.__dict__, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+    def all(self) -> list[Checkpoint]:
+        found = []
+        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                found.append(Checkpoint(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
+                log.warning("unreadable checkpoint %s ignored", path)
+        return found
+
+
+@dataclass
+class Job:
+    id: str
+    volume: str
+    identity: str
+    device: str
+    size: int
+    logical_block_size: int
+    volume_id: str | None
+    resumed_from: int = 0
+    done: int = 0
+    state: str = "queued"  # queued, running, done, skipped, cancelled, failed, stopped
+    reason: str | None = None
+    error: str | None = None
+    aws: dict | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    mb_s: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    restart: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def to_json(self) -> dict:
+        percent = round(100.0 * self.done / self.size, 2) if self.size else 100.0
+        remaining = self.size - self.done
+        eta = round(remaining / (self.mb_s * 1e6), 1) if self.mb_s and self.state == "running" else None
+        return {
+            "id": self.id,
+            "volume": self.volume,
+            "device": self.device,
+            "state": self.state,
+            "bytes_done": self.done,
+            "bytes_total": self.size,
+            "percent": percent,
+            "mb_s": round(self.mb_s, 1) if self.mb_s is not None else None,
+            "eta_s": 0 if self.state == "done" else eta,
+            "resumed_from": self.resumed_from,
+            "reason": self.reason,
+            "error": self.error,
+            "aws": self.aws,
+            "started": self.started,
+            "finished": self.finished,
+        }
+
+
+class PrewarmManager:
+    """Runs pre-warm jobs in threads, shares the global rate limit between them, keeps checkpoints."""
+
+    def __init__(
+        self,
+        storage: StorageConfig,
+        *,
+        aws_status: Callable[[str], dict | None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.store = CheckpointStore(storage.state_dir)
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.aws_status = aws_status or (
+            lambda volume_id: aws_volumes.initialization_status(volume_id, timeout=storage.aws_timeout_s)
+        )
+        self._starter: threading.Thread | None = None
+
+    # -- service: resume unfinished jobs (and pre-warm everything with prewarm_auto) when the agent starts
+    def start(self) -> None:
+        self._starter = threading.Thread(target=self.resume_all, name="prewarm-resume", daemon=True)
+        self._starter.start()
+
+    def stop(self) -> None:
+        """Stop every job where it is; its checkpoint stays 'running', so the next start resumes it."""
+        if self._starter is not None:
+            self._starter.join(30)
+        with self.lock:
+            jobs = [j for j in self.jobs.values() if j.thread is not None]
+        for job in jobs:
+            job.shutdown.set()
+        for job in jobs:
+            job.thread.join(30)
+
+    def resume_all(self) -> list[Job]:
+        started = []
+        try:
+            devices = blockdev.discover(self.storage)
+        except Exception:
+            log.exception("pre-warm: device discovery failed; nothing resumed")
+            return started
+        unfinished = {c.identity for c in self.store.all() if c.state == "running"}
+        for device in devices:
+            if device.state == "root":
+                continue
+            if device.identity in unfinished or (self.storage.prewarm_auto and self._auto_wanted(device)):
+                try:
+                    started.append(self.start_job(device))
+                except ApiError as exc:
+                    log.info("pre-warm of %s not started: %s", device.path, exc.message)
+        return started
+
+    def _auto_wanted(self, device: BlockDevice) -> bool:
+        checkpoint = self.store.load(device.identity)
+        return checkpoint is None or checkpoint.state == "running"
+
+    # -- jobs
+    def list(self) -> list[dict]:
+        with self.lock:
+            return [job.to_json() for job in self.jobs.values()]
+
+    def get(self, job_id: str) -> Job:
+        with self.lock:
+            job = self.jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no pre-warm job {job_id!r}; GET /v1/prewarm lists them")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state in ACTIVE:
+            job.cancel.set()
+            if job.thread is not None:
+                job.thread.join(30)
+        return job
+
+    def active_for(self, identity: str) -> Job | None:
+        with self.lock:
+            for job in self.jobs.values():
+                if job.identity == identity and job.state in ACTIVE:
+                    return job
+        return None
+
+    def start_job(self, device: BlockDevice, *, force: bool = False) -> Job:
+        """Start (or resume from its checkpoint) the pre-warm of `device`; an active job is returned as is."""
+        if device.state == "root":
+            raise ApiError(409, f"{device.path} holds the root filesystem; the agent never touches it")
+        with self.lock:
+            for job in self.jobs.values():
+                if job.identity == device.identity and job.state in ACTIVE:
+                    return job
+            checkpoint = self.store.load(device.identity)
+            if checkpoint is not None and checkpoint.size != device.size:
+                checkpoint = None  # a different (resized) volume: start over
+            job = Job(
+                id=uuid.uuid4().hex[:12],
+                volume=device.address,
+                identity=device.identity,
+                device=device.path,
+                size=device.size,
+                logical_block_size=device.logical_block_size,
+                volume_id=device.volume_id,
+            )
+            if checkpoint is not None and not force:
+                if checkpoint.state in ("done", "skipped"):
+                    job.state, job.done, job.reason = (
+                        "done",
+                        device.size,
+                        checkpoint.reason or ("already pre-warmed; pass force to read it again"),
+                    )
+                    job.finished = checkpoint.updated
+                    self.jobs[job.id] = job
+                    return job
+                job.resumed_from = job.done = min(checkpoint.done, device.size)
+            self.jobs[job.id] = job
+            job.thread = threading.Thread(target=self._run, args=(job, force), name=f"prewarm-{job.id}")
+            job.thread.daemon = True
+            job.thread.start()
+        return job
+
+    def _share(self) -> int | None:
+        """This job's part of the global rate limit, in bytes/s."""
+        if not self.storage.prewarm_rate_mb_s:
+            return None
+        with self.lock:
+            running = sum(1 for j in self.jobs.values() if j.state in ACTIVE) or 1
+        return max(int(self.storage.prewarm_rate_mb_s * 1e6 / running), 4096)
+
+    def _rebalance(self) -> None:
+        if self.storage.prewarm_rate_mb_s:
+            with self.lock:
+                for job in self.jobs.values():
+                    if job.state == "running":
+                        job.restart.set()
+
+    def _run(self, job: Job, force: bool) -> None:
+        try:
+            self._read(job, force)
+        except Exception as exc:
+            log.exception("pre-warm of %s failed", job.device)
+            job.state, job.error = "failed", str(exc)
+        finally:
+            job.finished = time.time()
+            self._rebalance()
+
+    def _read(self, job: Job, force: bool) -> None:
+        if job.volume_id:
+            job.aws = self.aws_status(job.volume_id)
+            reason = aws_volumes.skip_reason(job.aws)
+            if reason and not force:
+                job.state, job.reason, job.done = "skipped", reason, job.size
+                self.store.save(Checkpoint(job.identity, job.size, job.size, "skipped", reason))
+                return
+        job.state = "running"
+        self._rebalance()
+        checkpoint = Checkpoint(job.identity, job.size, job.done)
+        self.store.save(checkpoint)
+        aligned_end = job.size // BLOCK * BLOCK
+        window_start, window_done = time.monotonic(), job.done
+        while job.done < job.size:
+            if job.cancel.is_set() or job.shutdown.is_set():
+                break
+            job.restart.clear()
+            offset = job.done
+            # The last partial megabyte, if any, is read in logical blocks: O_DIRECT needs aligned sizes.
+            bs = BLOCK if offset < aligned_end else job.logical_block_size
+            end = aligned_end if offset < aligned_end else job.size
+            last_save = time.monotonic()
+
+            def progress(read: int, offset: int = offset, bs: int = bs) -> None:
+                nonlocal last_save, window_start, window_done
+                job.done = offset + read
+                now = time.monotonic()
+                if now - window_start >= 0.5:
+                    job.mb_s = (job.done - window_done) / (now - window_start) / 1e6
+                    window_start, window_done = now, job.done
+                if now - last_save >= CHECKPOINT_S:
+                    # Reads still in flight may complete out of order: resume behind them.
+                    checkpoint.done = max(offset, (offset + read - IODEPTH * bs) // bs * bs)
+                    self.store.save(checkpoint)
+                    last_save = now
+
+            stop = threading.Event()
+            relay = threading.Thread(target=self._relay, args=(job, stop), daemon=True)
+            relay.start()
+            try:
+                read, finished = read_range(
+                    job.device,
+                    offset,
+                    end - offset,
+                    bs=bs,
+                    rate_bytes_s=self._share(),
+                    on_progress=progress,
+                    stop=stop,
+                )
+            finally:
+                stop.set()
+                relay.join()
+            job.done = offset + read if finished else job.done
+            if finished:
+                job.done = end
+            elif not (job.cancel.is_set() or job.shutdown.is_set() or job.restart.is_set()):
+                raise FioError(f"fio stopped at {job.done} of {job.size} bytes without an error")
+            checkpoint.done = max(offset, (job.done - (0 if finished else IODEPTH * bs)) // bs * bs)
+            if not finished:
+                job.done = checkpoint.done
+        if job.cancel.is_set():
+            job.state, job.reason = "cancelled", "cancelled by request"
+            checkpoint.state = "cancelled"
+        elif job.shutdown.is_set():
+            job.state, job.reason = "stopped", "agent stopping; resumes from the checkpoint on next start"
+        else:
+            job.state, job.done = "done", job.size
+            checkpoint.state, checkpoint.done = "done", job.size
+        self.store.save(checkpoint)
+
+    @staticmethod
+    def _relay(job: Job, stop: threading.Event) -> None:
+        """Turn cancel, shutdown or a rate rebalance into a stop of the running fio."""
+        while not stop.is_set():
+            if job.cancel.is_set() or job.shutdown.is_set() or job.restart.is_set():
+                stop.set()
+                return
+            time.sleep(0.1)

@@ -1,0 +1,150 @@
+"""HTTP routes for EBS volumes: discovery, pre-warming, formatting and mounting (docs/volumes.md)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, jsonify
+
+from agent import blockdev, mounts, services
+from agent.config import Config
+from agent.errors import ApiError, json_body
+from agent.openapi import operation
+from agent.prewarm import PrewarmManager
+
+bp = Blueprint("volumes", __name__)
+EXTENSION = "scipioncloud.prewarm"
+
+MOUNT_BODY = {
+    "type": "object",
+    "required": ["mountpoint"],
+    "properties": {
+        "mountpoint": {"type": "string", "description": "under one of storage.mount_roots"},
+        "fstype": {"type": "string", "enum": list(mounts.FSTYPES), "default": "ext4"},
+        "format": {"type": "string", "enum": list(mounts.FORMATS), "default": "never"},
+        "label": {"type": "string"},
+    },
+}
+PREWARM_BODY = {"type": "object", "properties": {"force": {"type": "boolean", "default": False}}}
+
+OPENAPI = {
+    "/v1/volumes": {
+        "get": operation(
+            "Block devices: path, size, EBS volume id, signature, mountpoints, state", _401="no token"
+        )
+    },
+    "/v1/volumes/{vol}/prewarm": {
+        "post": operation(
+            "Start (or resume from its checkpoint) pre-warming a volume; vol = EBS volume id or device name",
+            body=PREWARM_BODY,
+            _200="an active or finished job for this volume",
+            _202="job started",
+            _404="no such volume",
+            _409="the root device",
+        )
+    },
+    "/v1/prewarm": {"get": operation("All pre-warm jobs with progress", _401="no token")},
+    "/v1/prewarm/{job}": {
+        "get": operation("One pre-warm job: bytes done/total, percent, MB/s, ETA, state", _404="no such job"),
+        "delete": operation("Cancel a pre-warm job (its checkpoint is kept)", _404="no such job"),
+    },
+    "/v1/volumes/{vol}/mount": {
+        "post": operation(
+            "Mount a volume (format it only if proven blank and format=if-blank) and add its fstab line",
+            body=MOUNT_BODY,
+            _200="mounted",
+            _400="bad mountpoint, fstype, format or label",
+            _404="no such volume",
+            _409="not blank / not a filesystem / root / in use; nothing changed",
+        )
+    },
+    "/v1/volumes/{vol}/unmount": {
+        "post": operation(
+            "Unmount a volume and remove the agent's fstab line",
+            _200="unmounted",
+            _404="no such volume",
+            _409="busy (names the processes) or root",
+        )
+    },
+}
+
+
+def init_app(app: Flask, config: Config) -> None:
+    manager = PrewarmManager(config.storage)
+    app.extensions[EXTENSION] = manager
+    services.register(app, "prewarm", manager)
+
+
+def _storage():
+    return current_app.config["SCIPIONCLOUD"].storage
+
+
+def _manager() -> PrewarmManager:
+    return current_app.extensions[EXTENSION]
+
+
+@bp.get("/v1/volumes")
+def list_volumes():
+    manager = _manager()
+    volumes = []
+    for device in blockdev.discover(_storage()):
+        item = device.to_json()
+        checkpoint = manager.store.load(device.identity)
+        item["prewarm"] = (
+            {"state": checkpoint.state, "bytes_done": checkpoint.done, "reason": checkpoint.reason}
+            if checkpoint
+            else None
+        )
+        volumes.append(item)
+    return jsonify(volumes=volumes)
+
+
+@bp.post("/v1/volumes/<vol>/prewarm")
+def start_prewarm(vol: str):
+    body = json_body()
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise ApiError(400, "force must be true or false")
+    device = blockdev.find(_storage(), vol)
+    manager = _manager()
+    existing = manager.active_for(device.identity)
+    job = manager.start_job(device, force=force)
+    status = 200 if existing is not None or job.state == "done" else 202
+    return jsonify(job.to_json()), status
+
+
+@bp.get("/v1/prewarm")
+def list_prewarm():
+    return jsonify(jobs=_manager().list())
+
+
+@bp.get("/v1/prewarm/<job>")
+def get_prewarm(job: str):
+    return jsonify(_manager().get(job).to_json())
+
+
+@bp.delete("/v1/prewarm/<job>")
+def cancel_prewarm(job: str):
+    return jsonify(_manager().cancel(job).to_json())
+
+
+@bp.post("/v1/volumes/<vol>/mount")
+def mount_volume(vol: str):
+    body = json_body()
+    unknown = set(body) - {"mountpoint", "fstype", "format", "label"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    if "mountpoint" not in body:
+        raise ApiError(400, "mountpoint is required")
+    result = mounts.mount(
+        _storage(),
+        vol,
+        body["mountpoint"],
+        fstype=body.get("fstype", "ext4"),
+        format=body.get("format", "never"),
+        label=body.get("label"),
+    )
+    return jsonify(result)
+
+
+@bp.post("/v1/volumes/<vol>/unmount")
+def unmount_volume(vol: str):
+    return jsonify(mounts.unmount(_storage(), vol))
