@@ -37,11 +37,12 @@ ACTIVE = ("queued", "running")
 def fio_argv(
     path: str, offset: int, length: int, *, bs: int = BLOCK, rate_bytes_s: int | None = None
 ) -> list[str]:
-    """The fio command for one range. setpriv --pdeathsig: fio dies with the agent, never orphaned."""
+    """The fio command for one range. setpriv --pdeathsig and --thread (one process, no forked job
+    process): fio dies with the agent and is never left reading on its own."""
     argv = [
         "setpriv", "--pdeathsig", "KILL", "--",
         "fio", "--name=prewarm", f"--filename={path}", "--rw=read", f"--bs={bs}",
-        f"--iodepth={IODEPTH}", "--ioengine=libaio", "--direct=1", "--readonly",
+        f"--iodepth={IODEPTH}", "--ioengine=libaio", "--direct=1", "--readonly", "--thread",
         f"--offset={offset}", f"--size={length}",
         "--output-format=json", "--status-interval=1",
     ]  # fmt: skip
@@ -251,10 +252,11 @@ class PrewarmManager:
         for job in jobs:
             job.thread.join(30)
 
-    def resume_all(self) -> list[Job]:
-        started = []
+    def resume_all(self, devices: list[BlockDevice] | None = None) -> list[Job]:
+        """Resume every unfinished checkpoint; with prewarm_auto, also start every volume not done yet."""
+        started: list[Job] = []
         try:
-            devices = blockdev.discover(self.storage)
+            devices = blockdev.discover(self.storage) if devices is None else devices
         except Exception:
             log.exception("pre-warm: device discovery failed; nothing resumed")
             return started
