@@ -93,7 +93,7 @@ def prewarm(
     except ApiError as exc:
         _api_error_exit(exc)
     # Ctrl-C or SIGTERM: stop fio and keep the checkpoint, so the next run resumes.
-    signal.signal(signal.SIGTERM, lambda *_: job.shutdown.set())
+    signal.signal(signal.SIGTERM, lambda *_: (job.shutdown.set(), job.interrupt.set()))
     try:
         if as_json:
             while job.state in ACTIVE:
@@ -116,6 +116,7 @@ def prewarm(
                 bar.update(task, completed=job.done)
     except KeyboardInterrupt:
         job.shutdown.set()
+        job.interrupt.set()
     if job.thread is not None:
         job.thread.join()
     result = job.to_json()

@@ -94,17 +94,17 @@ def read_range(
         text=True,
     )
     done = 0
-    watcher = None
     if stop is not None:
         # A stop request ends fio at once; its status stream then closes and the loop below returns.
+        # Not joined: it notices fio's end within 0.1 s on its own, and the read must not wait for it.
         def watch() -> None:
             while process.poll() is None:
-                if stop.wait(0.2):
-                    process.terminate()
+                if stop.wait(0.1):
+                    if process.poll() is None:
+                        process.terminate()
                     return
 
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
+        threading.Thread(target=watch, name="fio-watch", daemon=True).start()
     try:
         for document in json_documents(process.stdout):  # type: ignore[arg-type]
             done = read_bytes(document)
@@ -118,8 +118,6 @@ def read_range(
         for stream in (process.stdout, process.stderr):
             if stream:
                 stream.close()
-        if watcher is not None:
-            watcher.join()
     stopped = stop is not None and stop.is_set()
     if returncode != 0 and not stopped:
         raise FioError(f"fio exited with {returncode}: {stderr.strip()[-500:]}")
@@ -193,6 +191,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     shutdown: threading.Event = field(default_factory=threading.Event)
     restart: threading.Event = field(default_factory=threading.Event)
+    interrupt: threading.Event = field(default_factory=threading.Event)  # any of the three: stop fio now
     thread: threading.Thread | None = None
 
     def to_json(self) -> dict:
@@ -249,6 +248,7 @@ class PrewarmManager:
             jobs = [j for j in self.jobs.values() if j.thread is not None]
         for job in jobs:
             job.shutdown.set()
+            job.interrupt.set()
         for job in jobs:
             job.thread.join(30)
 
@@ -291,6 +291,7 @@ class PrewarmManager:
         job = self.get(job_id)
         if job.state in ACTIVE:
             job.cancel.set()
+            job.interrupt.set()
             if job.thread is not None:
                 job.thread.join(30)
         return job
@@ -353,6 +354,7 @@ class PrewarmManager:
                 for job in self.jobs.values():
                     if job.state == "running":
                         job.restart.set()
+                        job.interrupt.set()
 
     def _run(self, job: Job, force: bool) -> None:
         try:
@@ -379,9 +381,10 @@ class PrewarmManager:
         aligned_end = job.size // BLOCK * BLOCK
         window_start, window_done = time.monotonic(), job.done
         while job.done < job.size:
+            job.restart.clear()
+            job.interrupt.clear()
             if job.cancel.is_set() or job.shutdown.is_set():
                 break
-            job.restart.clear()
             offset = job.done
             # The last partial megabyte, if any, is read in logical blocks: O_DIRECT needs aligned sizes.
             bs = BLOCK if offset < aligned_end else job.logical_block_size
@@ -401,23 +404,15 @@ class PrewarmManager:
                     self.store.save(checkpoint)
                     last_save = now
 
-            stop = threading.Event()
-            relay = threading.Thread(target=self._relay, args=(job, stop), daemon=True)
-            relay.start()
-            try:
-                read, finished = read_range(
-                    job.device,
-                    offset,
-                    end - offset,
-                    bs=bs,
-                    rate_bytes_s=self._share(),
-                    on_progress=progress,
-                    stop=stop,
-                )
-            finally:
-                stop.set()
-                relay.join()
-            job.done = offset + read if finished else job.done
+            read, finished = read_range(
+                job.device,
+                offset,
+                end - offset,
+                bs=bs,
+                rate_bytes_s=self._share(),
+                on_progress=progress,
+                stop=job.interrupt,
+            )
             if finished:
                 job.done = end
             elif not (job.cancel.is_set() or job.shutdown.is_set() or job.restart.is_set()):
@@ -434,12 +429,3 @@ class PrewarmManager:
             job.state, job.done = "done", job.size
             checkpoint.state, checkpoint.done = "done", job.size
         self.store.save(checkpoint)
-
-    @staticmethod
-    def _relay(job: Job, stop: threading.Event) -> None:
-        """Turn cancel, shutdown or a rate rebalance into a stop of the running fio."""
-        while not stop.is_set():
-            if job.cancel.is_set() or job.shutdown.is_set() or job.restart.is_set():
-                stop.set()
-                return
-            time.sleep(0.1)
