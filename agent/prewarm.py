@@ -404,7 +404,7 @@ class PrewarmManager:
                     self.store.save(checkpoint)
                     last_save = now
 
-            read, finished = read_range(
+            _read, finished = read_range(
                 job.device,
                 offset,
                 end - offset,
