@@ -113,7 +113,7 @@ def test_resumes_after_sigkill_and_reads_under_1_1_times_the_size(tmp_path, loop
     size = 1024 * MiB
     device = loops(1024, fill_mb=16)
     before, read_before = checksum(device), sectors_read(device)
-    config_dict["storage"]["prewarm_rate_mb_s"] = 160  # slow enough to kill it mid-way
+    config_dict["storage"]["prewarm_rate_mb_s"] = 256  # slow enough to kill it mid-way
     agent = start_agent(tmp_path, config_dict)
     try:
         job = agent.request("POST", f"/v1/volumes/{Path(device).name}/prewarm").json()
@@ -150,8 +150,32 @@ def test_resumes_after_sigkill_and_reads_under_1_1_times_the_size(tmp_path, loop
     finally:
         stop_agent(agent)
     total = (sectors_read(device) - read_before) * 512
+    print(f"read {total / size:.3f} x the size, resumed from {jobs[0]['resumed_from'] / MiB:.0f} MiB")
     assert size <= total < 1.1 * size, f"read {total / size:.3f} x the size"
     assert checksum(device) == before
+
+
+def test_several_volumes_share_the_global_rate_limit(loops, storage):
+    import dataclasses
+
+    from agent import blockdev
+
+    limited = dataclasses.replace(storage, prewarm_rate_mb_s=24)
+    devices = [loops(24), loops(24)]
+    manager = prewarm.PrewarmManager(limited)
+    try:
+        started = time.monotonic()
+        jobs = [manager.start_job(blockdev.find(limited, device)) for device in devices]
+        time.sleep(1.5)
+        assert [j.state for j in jobs] == ["running", "running"]  # at the same time
+        for job in jobs:
+            job.thread.join(60)
+        elapsed = time.monotonic() - started
+    finally:
+        manager.stop()
+    assert [j.state for j in jobs] == ["done", "done"] and all(j.done == 24 * MiB for j in jobs)
+    # 48 MiB under a 24 MB/s limit for both together: about 2 s, not the 1 s each would take alone.
+    assert elapsed >= 0.85 * 2 * 24 * MiB / 24e6, elapsed
 
 
 def test_cli_prewarm_json(tmp_path, loops, config_dict):
