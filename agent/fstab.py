@@ -130,6 +130,7 @@ def replace(path: Path, text: str, step: Callable[[str], None] = lambda name: No
     backup = path.with_name(f"{path.name}.scipioncloud.bak")
     old = path.read_text() if path.exists() else ""
     _write_synced(temporary, text)
+    os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
     step("temporary-written")
     parse_errors, errors = verify(temporary)
     old_errors = verify(path)[1] if path.exists() else set()

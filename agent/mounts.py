@@ -59,7 +59,10 @@ def check_options(fstype: object, format: object, label: object) -> None:
 def _mkfs(device: BlockDevice, fstype: str, label: str | None) -> None:
     # No -F / -f: mkfs itself refuses a device that holds anything, a second guard behind our proof.
     argv = [f"mkfs.{fstype}", "-q"] + (["-L", label] if label else []) + [device.path]
-    shell.run(argv, timeout=600)
+    try:
+        shell.run(argv, timeout=600)
+    except shell.CommandError as exc:
+        raise ApiError(409, f"mkfs.{fstype} refused {device.path}: {exc.stderr}") from None
 
 
 def _is_mountpoint(path: Path) -> bool:

@@ -46,8 +46,9 @@ def not_blank_reasons(device) -> list[str]:
         reasons.append(f"it is mounted at {', '.join(device.all_mountpoints())}")
     if device.partitions:
         reasons.append(f"it has partitions: {', '.join(p.name for p in device.partitions)}")
-    if holders(device.name):
-        reasons.append(f"it is held by {', '.join(holders(device.name))}")
+    held = holders(device.name)
+    if held:
+        reasons.append(f"it is held by {', '.join(held)}")
     signature = probe(device.path)
     if signature is not None:
         what = signature.get("TYPE") or (signature.get("PTTYPE") and f"{signature['PTTYPE']} partition table")

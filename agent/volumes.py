@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app, jsonify
 
-from agent import blockdev, mounts, services
+from agent import blockdev, mounts, services, shell
 from agent.config import Config
-from agent.errors import ApiError, json_body
+from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
 from agent.prewarm import PrewarmManager
 
@@ -65,6 +65,12 @@ OPENAPI = {
         )
     },
 }
+
+
+@bp.errorhandler(shell.CommandError)
+def _tool_failed(exc: shell.CommandError):
+    # lsblk, blkid, findmnt... failing is the machine's problem, not the request's: say which tool and why.
+    return error_response(503, f"{exc.argv[0]} failed: {exc.stderr}; check that util-linux is installed")
 
 
 def init_app(app: Flask, config: Config) -> None:

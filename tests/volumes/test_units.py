@@ -71,3 +71,24 @@ def test_fio_command_is_read_only_and_as_aws_documents():
         assert flag in argv
     assert "--rate=125000000" in argv and "--status-interval=1" in argv
     assert not any(a.startswith(("--rw=write", "--rw=rw", "--verify", "--trim")) for a in argv)
+
+
+def test_a_missing_tool_is_a_clear_503(api, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    response = api.get("/v1/volumes")
+    assert response.status_code == 503
+    assert "lsblk" in response.json["error"] and "not installed" in response.json["error"]
+
+
+def test_replace_keeps_mode_and_a_backup_of_the_old_file(tmp_path):
+    from agent import fstab
+
+    path = tmp_path / "fstab"
+    old = f"tmpfs {tmp_path} tmpfs defaults 0 0\n"
+    path.write_text(old)
+    path.chmod(0o644)
+    new = old + f"tmpfs {tmp_path} tmpfs ro 0 0\n"
+    fstab.replace(path, new)
+    assert path.read_text() == new
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert (tmp_path / "fstab.scipioncloud.bak").read_text() == old
