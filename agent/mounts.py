@@ -62,7 +62,7 @@ def _mkfs(device: BlockDevice, fstype: str, label: str | None) -> None:
     try:
         shell.run(argv, timeout=600)
     except shell.CommandError as exc:
-        raise ApiError(409, f"mkfs.{fstype} refused {device.path}: {exc.stderr}") from None
+        raise ApiError(409, f"mkfs.{fstype} refused {device.path}: {exc.first_line}") from None
 
 
 def _is_mountpoint(path: Path) -> bool:
@@ -94,10 +94,12 @@ def mount(
             f"{', '.join(device.all_mountpoints()) or 'a holder'}); unmount it first",
             mountpoints=device.all_mountpoints(),
         )
+    if target.exists() and (not target.is_dir() or _is_mountpoint(target) or any(target.iterdir())):
+        raise ApiError(409, f"{target} is not an empty, unused folder; pick another mountpoint")
     formatted = False
     if device.state == "blank":
         if format != "if-blank":
-            raise ApiError(409, f"{device.path} is blank; pass format=if-blank to make a {fstype} filesystem")
+            raise ApiError(409, f"{device.path} is blank; pass format=if-blank to format it as {fstype}")
         reasons = signatures.not_blank_reasons(device)
         if reasons:
             raise ApiError(
@@ -118,8 +120,6 @@ def mount(
         raise ApiError(
             409, f"{device.path} has no filesystem UUID to put in fstab", signature=device.signature
         )
-    if target.exists() and (_is_mountpoint(target) or any(target.iterdir())):
-        raise ApiError(409, f"{target} is not an empty, unused folder; pick another mountpoint")
     target.mkdir(parents=True, exist_ok=True)
     changed = _ensure_line(storage, device, target)
     try:

@@ -19,6 +19,11 @@ class CommandError(RuntimeError):
         self.stderr = stderr.strip()
         super().__init__(f"{argv[0]} exited with {returncode}: {self.stderr or '(no message)'}")
 
+    @property
+    def first_line(self) -> str:
+        """The tool's first line of complaint (mkfs.xfs follows it with its whole usage text)."""
+        return next((line.strip() for line in self.stderr.splitlines() if line.strip()), "(no message)")
+
 
 def run(
     argv: Sequence[str], *, ok: Sequence[int] = (0,), timeout: float = 60, input: str | None = None

@@ -166,6 +166,31 @@ def test_bad_input(api, loops, tmp_path):
     assert subprocess.run(["blkid", "-p", f"/dev/{device}"], check=False).returncode == 2
 
 
+def test_nothing_is_formatted_when_the_mount_would_fail(api, loops, tmp_path):
+    device = loops(32)
+    name = Path(device).name
+    used = tmp_path / "mnt" / "used"
+    used.mkdir()
+    (used / "results.star").write_text("data")
+    response = api.post(f"/v1/volumes/{name}/mount", {"mountpoint": str(used), "format": "if-blank"})
+    assert response.status_code == 409 and "not an empty" in response.json["error"]
+    afile = tmp_path / "mnt" / "afile"
+    afile.write_text("x")
+    assert (
+        api.post(f"/v1/volumes/{name}/mount", {"mountpoint": str(afile), "format": "if-blank"}).status_code
+        == 409
+    )
+    # xfs refuses a 32 MiB device itself: its first line is the message, not its usage text.
+    too_small = api.post(
+        f"/v1/volumes/{name}/mount",
+        {"mountpoint": str(tmp_path / "mnt/x"), "format": "if-blank", "fstype": "xfs"},
+    )
+    assert too_small.status_code == 409 and "300MB" in too_small.json["error"]
+    assert "Usage" not in too_small.json["error"]
+    assert subprocess.run(["blkid", "-p", device], check=False).returncode == 2  # still blank
+    assert fstab.agent_entries((tmp_path / "fstab").read_text()) == []
+
+
 def test_the_device_holding_root_is_refused(api, tmp_path):
     """The real `/` of this machine: listed as root when it is a block device, and never touched."""
     source = sh("findmnt", "-n", "-o", "SOURCE", "--mountpoint", "/").strip()
