@@ -326,7 +326,7 @@ class PrewarmManager:
             if checkpoint is not None and not force:
                 if checkpoint.state in ("done", "skipped"):
                     job.state, job.done, job.reason = (
-                        "done",
+                        checkpoint.state,
                         device.size,
                         checkpoint.reason or ("already pre-warmed; pass force to read it again"),
                     )

@@ -113,7 +113,7 @@ def start_prewarm(vol: str):
     manager = _manager()
     existing = manager.active_for(device.identity)
     job = manager.start_job(device, force=force)
-    status = 200 if existing is not None or job.state == "done" else 202
+    status = 200 if existing is not None or job.state in ("done", "skipped") else 202
     return jsonify(job.to_json()), status
 
 

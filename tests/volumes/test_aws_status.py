@@ -89,6 +89,9 @@ def test_job_skips_a_volume_aws_says_is_initialized(storage, loops):
     assert job.to_json()["aws"]["initialization_state"] == "completed"
     assert sectors_read(device) == read_before  # not one block read
     assert manager.store.load(VOLUME).state == "skipped"  # keyed by the volume id
+    remembered = manager.start_job(found)  # asked again: AWS is not even asked, nothing is read
+    assert remembered.state == "skipped" and "already initialized" in remembered.reason
+    assert remembered.thread is None
     # force reads it anyway
     forced_client, _ = stubbed_aws("completed")
     manager.aws_status = lambda volume_id: aws_volumes.initialization_status(volume_id, client=forced_client)
