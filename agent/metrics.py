@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent import gpus, host, idle, nvml
+from agent import gpus, host, idle, nvml, volumes
 from agent.config import Config
 from agent.openapi import operation
 
@@ -161,6 +161,7 @@ COLLECTORS: dict[str, Callable[[Flask], tuple[Iterator[Metric], bool]]] = {
     "gpu": collect_gpu,
     "host": collect_host,
     "idle": collect_idle,
+    "prewarm": volumes.collect_metrics,
 }
 
 

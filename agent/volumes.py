@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from flask import Blueprint, Flask, current_app, jsonify
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from agent import blockdev, mounts, services, shell
 from agent.config import Config
@@ -77,6 +80,37 @@ def init_app(app: Flask, config: Config) -> None:
     manager = PrewarmManager(config.storage)
     app.extensions[EXTENSION] = manager
     services.register(app, "prewarm", manager)
+
+
+def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
+    """Pre-warm progress for /metrics: the latest job of each volume, read from memory (no device probe)."""
+    manager: PrewarmManager | None = app.extensions.get(EXTENSION)
+    latest = {}
+    for job in manager.list() if manager else []:
+        latest[job["volume"]] = job  # jobs are listed in start order: the last one wins
+    labels = ["volume", "device"]
+    done = GaugeMetricFamily(
+        "scipioncloud_prewarm_bytes_done", "Bytes of the volume read so far", labels=labels
+    )
+    total = GaugeMetricFamily(
+        "scipioncloud_prewarm_bytes_total", "Size of the volume being pre-warmed", labels=labels
+    )
+    rate = GaugeMetricFamily(
+        "scipioncloud_prewarm_read_bytes_per_second", "Recent pre-warm read rate", labels=labels
+    )
+    state = GaugeMetricFamily(
+        "scipioncloud_prewarm_state",
+        "1 for the state of the volume's latest pre-warm job",
+        labels=[*labels, "state"],
+    )
+    for job in latest.values():
+        key = [job["volume"], job["device"]]
+        done.add_metric(key, job["bytes_done"])
+        total.add_metric(key, job["bytes_total"])
+        if job["mb_s"] is not None and job["state"] == "running":
+            rate.add_metric(key, job["mb_s"] * 1e6)
+        state.add_metric([*key, job["state"]], 1.0)
+    return iter([done, total, rate, state]), True
 
 
 def _storage():

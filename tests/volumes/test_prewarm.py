@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent import prewarm
 from tests.conftest import VENV_BIN, start_agent, stop_agent, write_toml
@@ -51,6 +52,16 @@ def test_prewarm_reads_every_byte_and_changes_nothing(api, loops):
     assert [j["id"] for j in api.get("/v1/prewarm").json["jobs"]] == [job["id"]]
     listed = {v["name"]: v for v in api.get("/v1/volumes").json["volumes"]}
     assert listed[name]["prewarm"]["state"] == "done"
+    metrics = {
+        (s.name, s.labels.get("state")): s.value
+        for family in text_string_to_metric_families(api.get("/metrics").get_data(as_text=True))
+        for s in family.samples
+        if s.labels.get("volume") == name or s.labels.get("collector") == "prewarm"
+    }
+    assert metrics[("scipioncloud_prewarm_bytes_done", None)] == 48 * MiB
+    assert metrics[("scipioncloud_prewarm_bytes_total", None)] == 48 * MiB
+    assert metrics[("scipioncloud_prewarm_state", "done")] == 1
+    assert metrics[("scipioncloud_scrape_collector_success", None)] == 1
 
     # Remembered: asked again, nothing is read; with force, all of it again.
     read_before = sectors_read(device)
