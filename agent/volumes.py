@@ -93,7 +93,7 @@ def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
         "scipioncloud_prewarm_bytes_done", "Bytes of the volume read so far", labels=labels
     )
     total = GaugeMetricFamily(
-        "scipioncloud_prewarm_bytes_total", "Size of the volume being pre-warmed", labels=labels
+        "scipioncloud_prewarm_size_bytes", "Size of the volume being pre-warmed", labels=labels
     )
     rate = GaugeMetricFamily(
         "scipioncloud_prewarm_read_bytes_per_second", "Recent pre-warm read rate", labels=labels

@@ -59,7 +59,7 @@ def test_prewarm_reads_every_byte_and_changes_nothing(api, loops):
         if s.labels.get("volume") == name or s.labels.get("collector") == "prewarm"
     }
     assert metrics[("scipioncloud_prewarm_bytes_done", None)] == 48 * MiB
-    assert metrics[("scipioncloud_prewarm_bytes_total", None)] == 48 * MiB
+    assert metrics[("scipioncloud_prewarm_size_bytes", None)] == 48 * MiB
     assert metrics[("scipioncloud_prewarm_state", "done")] == 1
     assert metrics[("scipioncloud_scrape_collector_success", None)] == 1
 
