@@ -77,8 +77,9 @@ def mount(
     format: object = "never",
     label: object = None,
 ) -> dict:
-    """Mount the volume at `mountpoint` (formatting it first only when format='if-blank' and it is proven
-    blank) and keep one agent line for it in fstab. Mounting again where it already is changes nothing."""
+    """Mount the volume at `mountpoint` and keep one agent line for it in fstab. format='if-blank' formats
+    a device proven blank and refuses (409) any other; format='never' mounts an existing filesystem and
+    refuses a blank device. Mounting again where it already is changes nothing."""
     check_options(fstype, format, label)
     target = check_mountpoint(mountpoint, storage.mount_roots)
     device = blockdev.find(storage, address)
@@ -108,6 +109,20 @@ def mount(
         _mkfs(device, str(fstype), label if isinstance(label, str) else None)
         device.signature = signatures.probe(device.path)
         formatted = True
+    elif format == "if-blank":
+        # Asked to format, and it is not blank: refuse, change nothing, say what is there.
+        sig = device.signature or {}
+        hint = (
+            f"; to mount the {sig['TYPE']} filesystem as it is, use format=never"
+            if sig.get("USAGE") == "filesystem" and device.state == "formatted"
+            else ""
+        )
+        raise ApiError(
+            409,
+            f"{device.path} is not blank: it holds {_describe(device)}; it was left untouched{hint}",
+            signature=device.signature,
+            state=device.state,
+        )
     elif device.state == "partitioned" or (device.signature or {}).get("USAGE") != "filesystem":
         raise ApiError(
             409,

@@ -107,18 +107,31 @@ def test_devices_holding_anything_are_refused_unchanged(api, loops, tmp_path, ki
     before = checksum(device)
     body = {"mountpoint": str(tmp_path / "mnt" / "x"), "format": "if-blank", "fstype": "ext4"}
     response = api.post(f"/v1/volumes/{Path(device).name}/mount", body)
-    if kind in ("ext4", "xfs"):
-        # A filesystem is mounted as it is, never reformatted: prove it by its unchanged UUID.
-        assert response.status_code == 200 and response.json["formatted"] is False
-        assert response.json["fstype"] == kind
-        assert api.post(f"/v1/volumes/{Path(device).name}/unmount").status_code == 200
-    else:
-        assert response.status_code == 409, response.json
-        assert expected in json.dumps(response.json)
-        assert "untouched" in response.json["error"]
-    if kind not in ("ext4", "xfs"):
+    assert response.status_code == 409, response.json
+    assert expected in json.dumps(response.json["signature"])
+    assert "untouched" in response.json["error"]
+    assert checksum(device) == before
+    assert fstab.agent_entries((tmp_path / "fstab").read_text()) == []
+    assert not (tmp_path / "mnt" / "x").exists() or not any((tmp_path / "mnt" / "x").iterdir())
+    if kind in ("swap", "gpt", "dos", "luks"):
+        # Not a filesystem: refused with format=never too, still unchanged.
+        body["format"] = "never"
+        assert api.post(f"/v1/volumes/{Path(device).name}/mount", body).status_code == 409
         assert checksum(device) == before
-        assert fstab.agent_entries((tmp_path / "fstab").read_text()) == []
+
+
+def test_existing_filesystem_is_mounted_as_it_is_with_format_never(api, loops, tmp_path):
+    device = loops(32)
+    sh("mkfs.ext4", "-q", "-L", "old", device)
+    uuid = sh("blkid", "-p", "-o", "value", "-s", "UUID", device).strip()
+    refused = api.post(
+        f"/v1/volumes/{Path(device).name}/mount",
+        {"mountpoint": str(tmp_path / "mnt/o"), "format": "if-blank"},
+    )
+    assert refused.status_code == 409 and "format=never" in refused.json["error"]
+    mounted = api.post(f"/v1/volumes/{Path(device).name}/mount", {"mountpoint": str(tmp_path / "mnt/o")})
+    assert mounted.status_code == 200 and mounted.json["formatted"] is False and mounted.json["uuid"] == uuid
+    assert sh("blkid", "-p", "-o", "value", "-s", "LABEL", device).strip() == "old"
 
 
 @pytest.mark.parametrize("kind", ["ext4", "swap", "gpt", "luks"])
