@@ -46,15 +46,16 @@ def mounts_under(folder: Path) -> list[str]:
 
 @pytest.fixture
 def loops(tmp_path):
-    """make(size_mb, fill_mb=0) -> '/dev/loopN' on a sparse file; `fill_mb` of random data at the start."""
+    """make(size_mb, fill_mb=0, extra_bytes=0) -> '/dev/loopN' on a sparse file of size_mb MiB plus
+    extra_bytes, with `fill_mb` of random data at the start. Detached (and its mounts undone) at teardown."""
     made: list[str] = []
 
-    def make(size_mb: int = 64, fill_mb: int = 0) -> str:
+    def make(size_mb: int = 64, fill_mb: int = 0, extra_bytes: int = 0) -> str:
         image = tmp_path / f"disk{len(made)}.img"
         with open(image, "wb") as handle:
             if fill_mb:
                 handle.write(os.urandom(fill_mb * 1024 * 1024))
-            handle.truncate(size_mb * 1024 * 1024)
+            handle.truncate(size_mb * 1024 * 1024 + extra_bytes)
         device = sh("losetup", "--find", "--show", str(image)).strip()
         made.append(device)
         return device

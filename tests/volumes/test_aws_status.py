@@ -62,7 +62,7 @@ def test_no_credentials_is_silently_skipped_and_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     started = time.monotonic()
     assert aws_volumes.initialization_status(VOLUME, timeout=1) is None
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5  # no network wait: only boto3's own start-up
 
 
 @pytest.mark.integration
