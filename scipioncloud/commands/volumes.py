@@ -82,12 +82,23 @@ def snapshot(run, volume, description, no_wait):
 @click.argument("volume")
 @click.argument("mountpoint")
 @click.option("--fstype", default="ext4", show_default=True)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["if-blank", "never"]),
+    default="if-blank",
+    show_default=True,
+    help="if-blank formats a proven-blank volume; never mounts the filesystem a volume already holds.",
+)
 @ssh_options
-def mount(run, instance, volume, mountpoint, fstype, key, user, ssh_host, ssh_port, ssh_opts):
-    """Ask INSTANCE's agent to format VOLUME (only if blank) and mount it at MOUNTPOINT (e.g. /data)."""
+def mount(run, instance, volume, mountpoint, fstype, format_, key, user, ssh_host, ssh_port, ssh_opts):
+    """Ask INSTANCE's agent to format VOLUME (only if blank) and mount it at MOUNTPOINT (e.g. /data).
+
+    A volume that already holds data (restored from a snapshot, or mounted before) is mounted with
+    --format never; if-blank refuses it rather than risk it."""
     lib.resolve(run.aws, volume)
     target = _ssh_target(run, instance, key, user, ssh_host, ssh_port, ssh_opts)
     token = tunnel.read_token(target)
     with tunnel.open_tunnel(target) as url:
-        result = agent_client.AgentClient(url, token, timeout_s=600).mount(volume, mountpoint, fstype)
+        result = agent_client.AgentClient(url, token, timeout_s=600).mount(volume, mountpoint, fstype, format_)
     run.out.emit(result, text=f"{volume} mounted at {mountpoint}")
