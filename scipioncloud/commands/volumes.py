@@ -100,5 +100,6 @@ def mount(run, instance, volume, mountpoint, fstype, format_, key, user, ssh_hos
     target = _ssh_target(run, instance, key, user, ssh_host, ssh_port, ssh_opts)
     token = tunnel.read_token(target)
     with tunnel.open_tunnel(target) as url:
-        result = agent_client.AgentClient(url, token, timeout_s=600).mount(volume, mountpoint, fstype, format_)
+        client = agent_client.AgentClient(url, token, timeout_s=600)
+        result = client.mount(volume, mountpoint, fstype, format_)
     run.out.emit(result, text=f"{volume} mounted at {mountpoint}")
