@@ -172,3 +172,12 @@ def aws_env(moto_server, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_server.env()
+
+
+@pytest.fixture(scope="session")
+def rootfs_tarball() -> Path:
+    """The cached Debian 12 root filesystem tarball (debootstrap builds it on first use; see
+    tests/support/rootfs.py for extracting a disposable copy and running playbooks in it)."""
+    from tests.support import rootfs
+
+    return rootfs.tarball()
