@@ -303,8 +303,10 @@ def _parse(stdout: str) -> tuple[dict, list[str], list[str]]:
             if result.get("changed"):
                 changed.append(name)
             if result.get("failed") or result.get("unreachable"):
-                msg = str(result.get("msg", ""))[:500]
-                failed.append(f"{name}: {msg}")
+                msgs = [str(result.get("msg", ""))]
+                # a loop's own messages are per item
+                msgs += [str(item.get("msg", "")) for item in result.get("results", []) if item.get("failed")]
+                failed.append(f"{name}: {' | '.join(msgs)[:1000]}")
     return doc.get("stats", {}).get("rootfs", {}), changed, failed
 
 
