@@ -201,23 +201,27 @@ class PackerOutput:
     def _pump(self) -> None:
         with os.fdopen(self.read_fd, "r", errors="replace") as pipe, self.log_path.open("a") as log:
             for line in pipe:
-                log.write(line)
-                log.flush()
-                # machine-readable: timestamp,target,type,data...
-                fields = line.rstrip("\n").split(",")
-                if len(fields) < 4:
-                    if self.show and line.strip():
-                        console.print(line.rstrip("\n"), markup=False)
-                    continue
-                kind = fields[2]
-                if kind == "ui" and len(fields) >= 5:
-                    message = unescape(",".join(fields[4:]))
-                    if fields[3] == "error":
-                        self.errors.append(message)
-                    if self.show:
-                        console.print(message, markup=False)
-                elif kind == "artifact" and len(fields) >= 6 and fields[4] == "id":
-                    self.artifacts.append(unescape(",".join(fields[5:])))
+                self._line(line, log)
+
+    def _line(self, line: str, log) -> None:
+        """One machine-readable line (timestamp,target,type,data...): the log gets ui messages as text,
+        since a person reads it, and anything else raw."""
+        fields = line.rstrip("\n").split(",")
+        if len(fields) < 5 or fields[2] != "ui":
+            log.write(line)
+        if len(fields) < 4:
+            if self.show and line.strip():
+                console.print(line.rstrip("\n"), markup=False)
+        elif fields[2] == "ui" and len(fields) >= 5:
+            message = unescape(",".join(fields[4:]))
+            log.write(message.rstrip("\n") + "\n")
+            if fields[3] == "error":
+                self.errors.append(message)
+            if self.show:
+                console.print(message, markup=False)
+        elif fields[2] == "artifact" and len(fields) >= 6 and fields[4] == "id":
+            self.artifacts.append(unescape(",".join(fields[5:])))
+        log.flush()
 
     def close(self) -> None:
         """Call after Packer exited: closes our write end and waits for the reader."""
