@@ -62,3 +62,26 @@ def test_validate_only_checks_every_image_offline(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "scipion-compute: packer validate and ansible syntax check passed" in done.stdout
     assert "scipion-desktop: packer validate and ansible syntax check passed" in done.stdout
+
+
+@pytest.mark.parametrize(("version", "codename"), [("22.04", "jammy"), ("24.04", "noble")])
+def test_source_ami_filter_finds_the_latest_canonical_base(aws_env, version, codename):
+    """The template's name filter, as written, resolves each selectable Ubuntu to Canonical's newest amd64."""
+    import re
+
+    import boto3
+
+    template = (REPO / "packer/scipioncloud.pkr.hcl").read_text()
+    pattern = re.search(r'name\s*=\s*"(ubuntu/images/[^"]+)"', template).group(1)
+    pattern = pattern.replace("${local.ubuntu_codename}", codename).replace("${var.ubuntu_version}", version)
+    images = boto3.client("ec2").describe_images(
+        Owners=["099720109477"],
+        Filters=[
+            {"Name": "name", "Values": [pattern]},
+            {"Name": "root-device-type", "Values": ["ebs"]},
+            {"Name": "virtualization-type", "Values": ["hvm"]},
+        ],
+    )["Images"]
+    newest = max(images, key=lambda i: i["CreationDate"])
+    assert all(f"ubuntu-{codename}-{version}-amd64-server-" in i["Name"] for i in images), images
+    assert newest["Name"].endswith({"22.04": "20241002", "24.04": "20241119"}[version])
