@@ -8,7 +8,12 @@ import stat
 import sys
 
 import pytest
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 
 from tests.conftest import REPO
 from tests.support import hygiene, rootfs

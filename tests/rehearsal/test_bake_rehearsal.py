@@ -123,6 +123,11 @@ def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server)
         base = ec2.describe_images(ImageIds=[tags["scipioncloud:base-ami"]])["Images"][0]
         assert base["OwnerId"] == CANONICAL and "jammy-22.04" in base["Name"]
         assert image["Name"].startswith(f"{IMAGE}-0.1.0-ubuntu-22.04-")
+        snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
+        assert snapshots, image["BlockDeviceMappings"]
+        for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
+            snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+            assert snap_tags.get("scipioncloud:git") == record["git_revision"], (region, snap_tags)
     # ModifyImageAttribute(ImdsSupport) was accepted; moto does not report it back (see docs/bake.md)
     assert set(record["imds_support"]) == {HOME_REGION, COPY_REGION}
     assert all(not v.startswith("failed") for v in record["imds_support"].values()), record["imds_support"]
