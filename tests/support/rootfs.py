@@ -11,9 +11,10 @@ API (all paths are `pathlib.Path`):
 
     tarball(packages=PACKAGES, mirror=None) -> Path
         The cached tarball, built when missing: debootstrap (minbase, from the mirror this machine's apt
-        uses, see host_mirror()) then apt-get install of `packages` inside it. Cache folder: $SCIPIONCLOUD_CACHE or
-        ~/.cache/scipioncloud; the file name carries a hash of (suite, variant, packages), so changing the
-        package list builds a new one. Safe to call from concurrent processes (file lock).
+        uses, see host_mirror()) then apt-get install of `packages` inside it. Cache folder:
+        $SCIPIONCLOUD_CACHE or ~/.cache/scipioncloud; the file name carries a hash of (suite, variant,
+        packages), so changing the package list builds a new one. Safe to call from concurrent processes
+        (file lock); a failed build leaves its log next to the tarball's name (*.build.log).
     extract(tar, dest) -> Path
         A fresh copy of the tarball in `dest` (created; must be empty or missing), with the host's
         resolv.conf and local CA certificates (so apt, curl and pip reach the mirrors through this
