@@ -44,7 +44,6 @@ def test_site_configures_the_machine(provisioned):
     config = tomllib.loads((root / "etc/scipioncloud/agent.toml").read_text())
     assert config["server"]["token_file"] == "/etc/scipioncloud/agent.token"
     assert config["idle"]["action"] == "poweroff"  # from images/scipion-desktop.yml
-    sys.path.insert(0, str(REPO))
     from agent.config import from_dict
 
     assert from_dict(config).storage.mount_roots == ("/data", "/mnt")
