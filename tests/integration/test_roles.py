@@ -55,6 +55,9 @@ def test_site_configures_the_machine(provisioned):
     )
     assert (wants / "scipioncloud-firstboot.service").is_symlink()
     assert (root / "usr/bin/fio").exists()
+    units = [f"/etc/systemd/system/scipioncloud-{u}.service" for u in ("agent", "firstboot")]
+    verified = rootfs.run_in_root(root, "systemd-analyze", "verify", *units)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     # no secret is made at build time
     assert not (root / "etc/scipioncloud/agent.token").exists()
     # common: UTC, unattended upgrades that hold kernel and NVIDIA packages
