@@ -195,6 +195,7 @@ class PackerOutput:
         self.show = show
         self.artifacts: list[str] = []
         self.errors: list[str] = []
+        self.plain: list[str] = []  # lines outside the machine-readable format (validate's errors)
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -210,15 +211,17 @@ class PackerOutput:
         if len(fields) < 5 or fields[2] != "ui":
             log.write(line)
         if len(fields) < 4:
-            if self.show and line.strip():
-                console.print(line.rstrip("\n"), markup=False)
+            if line.strip():
+                self.plain = [*self.plain[-19:], line.rstrip("\n")]
+                if self.show:
+                    console.print(line.rstrip("\n"), markup=False, soft_wrap=True)
         elif fields[2] == "ui" and len(fields) >= 5:
             message = unescape(",".join(fields[4:]))
             log.write(message.rstrip("\n") + "\n")
             if fields[3] == "error":
                 self.errors.append(message)
             if self.show:
-                console.print(message, markup=False)
+                console.print(message, markup=False, soft_wrap=True)
         elif fields[2] == "artifact" and len(fields) >= 6 and fields[4] == "id":
             self.artifacts.append(unescape(",".join(fields[5:])))
         log.flush()
@@ -250,7 +253,7 @@ def run_packer(packer: str, command: str, template: Path, log: Path, show: bool,
     finally:
         output.close()
     if rc != 0:
-        detail = "\n".join(output.errors[-5:])
+        detail = "\n".join(output.errors[-5:] or output.plain[-10:])
         raise BakeError(f"packer {command} failed (exit {rc}); full log: {log}\n{detail}")
     return output
 

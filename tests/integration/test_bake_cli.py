@@ -52,6 +52,7 @@ def test_packer_failure_says_where_the_log_is(tmp_path, aws_env):
     done = run(["scipion-compute", "--var", "ubuntu_version=20.04", "--quiet"], dict(os.environ), tmp_path)
     assert done.returncode != 0
     assert "packer validate failed" in done.stderr and "full log: " in done.stderr
+    assert "ubuntu_version must be 22.04 or 24.04" in done.stderr  # Packer's own words, not only the log
     log = Path(done.stderr.split("full log: ")[1].split()[0])
     assert log.exists() and "ubuntu_version must be 22.04 or 24.04" in log.read_text()
 
