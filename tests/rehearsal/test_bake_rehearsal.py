@@ -104,7 +104,7 @@ def test_bake_succeeds_and_names_the_amis(rehearsal):
     # the real roles ran through Packer's ansible provisioner, then the in-image verification
     log = Path(record["packer_log"]).read_text()
     assert "agent : Install the package into its venv" in log
-    assert "reboot-if-required: running in a chroot, never rebooting from here" in log
+    assert "reboot-if-required: systemd did not boot this root (chroot?), never rebooting from here" in log
     assert "verify-image: scipion-desktop verified" in log
     assert "sysprep : Assert the image holds no keys, ids or secrets" in log
 
