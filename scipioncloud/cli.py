@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from scipioncloud import __version__
+from scipioncloud.bake import bake_command
 from scipioncloud.commands import instances, provision
 from scipioncloud.commands.cost import cost
 from scipioncloud.commands.images import images
@@ -22,3 +23,4 @@ main.add_command(volumes)
 main.add_command(cost)
 instances.register(main)
 provision.register(main)
+main.add_command(bake_command)

@@ -174,3 +174,25 @@ def aws_env(moto_server, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_server.env()
+
+
+@pytest.fixture(scope="session")
+def rootfs_tarball() -> Path:
+    """The cached Debian 12 root filesystem tarball (debootstrap builds it on first use; see
+    tests/support/rootfs.py for extracting a disposable copy and running playbooks in it)."""
+    from tests.support import rootfs
+
+    return rootfs.tarball()
+
+
+@pytest.fixture(scope="session")
+def agent_wheel(tmp_path_factory) -> Path:
+    """A wheel of this repository, as `scipioncloud bake` builds it for the agent role."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = out.glob("scipioncloud-*.whl")
+    return wheel
