@@ -7,3 +7,4 @@ instance_type       = "g4dn.xlarge"
 root_volume_size_gb = 60
 ansible_vars_file   = "images/scipion-desktop.yml"
 verify_gpu          = true
+gpu_required        = true

@@ -15,6 +15,7 @@ locals {
     "scipioncloud:base-name"  = "{{ .SourceAMIName }}"
     "scipioncloud:ubuntu"     = var.ubuntu_version
     "scipioncloud:build-time" = var.build_time
+    "scipioncloud:gpu"        = var.gpu_required ? "required" : "optional"
   })
   ansible_env = [
     "ANSIBLE_HOST_KEY_CHECKING=False",

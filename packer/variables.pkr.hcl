@@ -92,6 +92,12 @@ variable "verify_gpu" {
   default     = true
 }
 
+variable "gpu_required" {
+  type        = bool
+  description = "The image needs an NVIDIA GPU; tagged scipioncloud:gpu so `scipioncloud launch` refuses CPU-only types."
+  default     = true
+}
+
 variable "component_versions" {
   type        = map(string)
   description = "Pinned component versions, tagged on the AMI and its snapshots as scipioncloud:<name>."

@@ -17,6 +17,7 @@ else:  # pragma: no cover - Python 3.10
 
 from tests.conftest import REPO
 from tests.support import hygiene, rootfs
+from tests.support.fake_imdsv2 import FakeImdsV2Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 SITE = REPO / "roles/site.yml"
@@ -72,6 +73,25 @@ def test_second_run_changes_nothing(provisioned):
     _, first, second = provisioned
     assert first.changed > 0, first.summary()
     assert second.rc == 0 and second.changed == 0, second.summary()
+
+
+def test_firstboot_applies_launch_user_data_to_the_agent_config(provisioned):
+    root, *_ = provisioned
+    hook = "/etc/scipioncloud/firstboot.d/20-agent-userdata.sh"
+    config = root / "etc/scipioncloud/agent.toml"
+    before = config.read_text()
+    with FakeImdsV2Server(user_data=b"#cloud-config\npackages: [htop]\n") as imds:
+        other = rootfs.run_in_root(root, "env", f"SCIPIONCLOUD_IMDS_URL={imds.url}", hook)
+    assert other.returncode == 0, other.stderr
+    assert config.read_text() == before  # user data of another kind is cloud-init's, not ours
+    user_data = b'#scipioncloud-agent v1\n[idle]\naction = "poweroff"\nwindow_min = 60\n'
+    with FakeImdsV2Server(user_data=user_data) as imds:
+        applied = rootfs.run_in_root(root, "env", f"SCIPIONCLOUD_IMDS_URL={imds.url}", hook)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    settings = tomllib.loads(config.read_text())
+    assert settings["idle"]["action"] == "poweroff" and settings["idle"]["window_min"] == 60
+    assert settings["server"]["bind"] == "127.0.0.1:9777"  # the image's own keys stay
+    config.write_text(before)
 
 
 def test_firstboot_makes_secrets_once_and_sysprep_removes_them(provisioned):

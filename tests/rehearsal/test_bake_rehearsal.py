@@ -120,6 +120,7 @@ def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server)
         assert tags["scipioncloud:version"] == "0.1.0"
         assert tags["scipioncloud:git"] == record["git_revision"] != "unknown"
         assert tags["scipioncloud:ubuntu"] == "22.04"
+        assert tags["scipioncloud:gpu"] == "required"  # what `scipioncloud launch` checks types against
         assert tags["scipioncloud:scipioncloud"] == record["component_versions"]["scipioncloud"]
         base = ec2.describe_images(ImageIds=[tags["scipioncloud:base-ami"]])["Images"][0]
         assert base["OwnerId"] == CANONICAL and "jammy-22.04" in base["Name"]

@@ -26,8 +26,9 @@ IDENTITY = {
 
 
 class FakeImdsV2Server:
-    def __init__(self, identity: dict | None = None) -> None:
+    def __init__(self, identity: dict | None = None, user_data: bytes | None = None) -> None:
         self.identity = identity or IDENTITY
+        self.user_data = user_data  # None: the instance has none, and IMDS answers 404 as AWS does
         self.tokens: set[str] = set()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         server = self
@@ -55,6 +56,8 @@ class FakeImdsV2Server:
                     return self._reply(401, b"Unauthorized")
                 if self.path == "/latest/dynamic/instance-identity/document":
                     return self._reply(200, json.dumps(server.identity).encode(), "application/json")
+                if self.path == "/latest/user-data" and server.user_data is not None:
+                    return self._reply(200, server.user_data)
                 return self._reply(404, b"not found")
 
             def log_message(self, *args):  # keep test output quiet
