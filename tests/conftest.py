@@ -184,3 +184,12 @@ def vendor_apt_repo(tmp_path_factory):
     repo = FakeVendorAptRepo.build(tmp_path_factory.mktemp("vendor-apt-repo"))
     yield repo
     repo.stop()
+
+
+@pytest.fixture(scope="session")
+def rootfs_tarball() -> Path:
+    """The cached Debian 12 root filesystem tarball (debootstrap builds it on first use; see
+    tests/support/rootfs.py for extracting a disposable copy and running playbooks in it)."""
+    from tests.support import rootfs
+
+    return rootfs.tarball()
