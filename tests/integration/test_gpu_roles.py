@@ -127,7 +127,7 @@ def test_older_branch_is_installed_through_the_pin_and_can_be_switched(
         assert switched.rc == 0, switched.summary()
         assert "nvidia_driver : Purge the installed driver packages" in switched.changed_tasks
         versions = in_root(root, "dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\\n")
-        assert "nvidia-driver 580.95.05-1 ii" in versions
+        assert "nvidia-driver 580.95.05-1 hi" in versions  # installed and held
         assert "cuda-drivers-570" not in versions
         assert "cuda-drivers-580" in in_root(root, "apt-mark", "showhold")
 

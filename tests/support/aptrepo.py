@@ -426,8 +426,10 @@ def virtualgl_packages(version: str = "3.1.1") -> list[FakeDeb]:
             "virtualgl",
             version,
             files={
-                "/opt/VirtualGL/bin/vglrun": "#!/bin/sh\n# Stand-in vglrun: runs the command without "
-                'interposing (no GPU here).\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n',
+                # Like the real vglrun: marks the environment (VGL_ISACTIVE=1) and runs the command; no
+                # OpenGL interposing here (no GPU, no libvglfaker).
+                "/opt/VirtualGL/bin/vglrun": '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\n'
+                'VGL_ISACTIVE=1\nexport VGL_ISACTIVE\nexec "$@"\n',
                 "/opt/VirtualGL/bin/vglserver_config": "#!/bin/sh\necho stand-in >&2\n",
                 "/opt/VirtualGL/bin/glxinfo": "#!/bin/sh\necho 'OpenGL vendor string: Mesa (stand-in)'\n",
             },
