@@ -112,9 +112,7 @@ def test_cuda_toolkits_side_by_side_with_a_default(gpu_root):
     assert "libcudart.so.12" in in_root(root, "ldconfig", "-p")
 
 
-def test_older_branch_is_installed_through_the_pin_and_can_be_switched(
-    tmp_path, rootfs_tarball, vendor_apt_repo
-):
+def test_driver_lifecycle_older_branch_switch_and_removal(tmp_path, rootfs_tarball, vendor_apt_repo):
     with rootfs.disposable(tmp_path, rootfs_tarball) as root:
         result = play(root, "nvidia_driver.yml", vendor_apt_repo, test_branch="570")
         assert result.rc == 0, result.summary()
@@ -130,6 +128,16 @@ def test_older_branch_is_installed_through_the_pin_and_can_be_switched(
         assert "nvidia-driver 580.95.05-1 hi" in versions  # installed and held
         assert "cuda-drivers-570" not in versions
         assert "cuda-drivers-580" in in_root(root, "apt-mark", "showhold")
+        # state absent takes back what the role did
+        removed = play(root, "nvidia_driver.yml", vendor_apt_repo, nvidia_driver_state="absent")
+        assert removed.rc == 0, removed.summary()
+        versions = in_root(root, "dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\\n")
+        driver = ("nvidia-", "cuda-drivers", "libcuda")
+        left = [line for line in versions.splitlines() if line.startswith(driver) and line.split()[1] == "ii"]
+        assert left == []
+        assert in_root(root, "apt-mark", "showhold").strip() == ""
+        assert not (root / "etc/apt/preferences.d/nvidia-driver").exists()
+        assert not (root / "etc/modprobe.d/blacklist-nouveau.conf").exists()
 
 
 @pytest.mark.parametrize(
