@@ -114,8 +114,10 @@ def test_cuda_toolkits_side_by_side_with_a_default(gpu_root):
 
 def test_driver_lifecycle_older_branch_switch_and_removal(tmp_path, rootfs_tarball, vendor_apt_repo):
     with rootfs.disposable(tmp_path, rootfs_tarball) as root:
-        result = play(root, "nvidia_driver.yml", vendor_apt_repo, test_branch="570")
+        result = play(root, "nvidia_driver.yml", vendor_apt_repo, test_branch="570",
+                      nvidia_driver_version="570.195.03")  # fmt: skip
         assert result.rc == 0, result.summary()
+        assert "Pin: version 570.195.03*" in (root / "etc/apt/preferences.d/nvidia-driver").read_text()
         versions = in_root(root, "dpkg-query", "-W", "-f", "${Package} ${Version}\\n")
         assert "nvidia-driver 570.195.03-1" in versions
         assert "nvidia-smi 570.195.03-1" in versions
@@ -174,3 +176,38 @@ def test_cuda_refuses_a_toolkit_that_cannot_work(tmp_path, rootfs_tarball, vendo
         assert result.rc != 0
         assert any(message in f for f in result.failed_tasks), result.summary()
         assert not (root / "usr/local/cuda").exists()
+
+
+@pytest.mark.parametrize(
+    ("flavour", "headless", "expected", "installed"),
+    [
+        (
+            "aws",
+            False,
+            ["linux-modules-nvidia-580-server-aws", "nvidia-driver-580-server"],
+            "linux-modules-nvidia-580-server-aws",
+        ),
+        ("generic", False, ["linux-headers-generic", "nvidia-driver-580-server"], "nvidia-dkms-580-server"),
+        (
+            "aws",
+            True,
+            [
+                "linux-modules-nvidia-580-server-aws",
+                "nvidia-headless-no-dkms-580-server",
+                "nvidia-utils-580-server",
+            ],
+            "nvidia-utils-580-server",
+        ),
+    ],
+)
+def test_ubuntu_archive_choice_precompiled_modules_or_dkms(
+    tmp_path, rootfs_tarball, vendor_apt_repo, flavour, headless, expected, installed
+):
+    """Precompiled signed modules where the archive has them for the kernel flavour, DKMS otherwise."""
+    with rootfs.disposable(tmp_path, rootfs_tarball) as root:
+        result = play(root, "nvidia_driver_ubuntu_choice.yml", vendor_apt_repo, test_flavour=flavour,
+                      test_headless=headless)  # fmt: skip
+        assert result.rc == 0, result.summary()
+        assert json.loads((root / "root/nvidia-driver-choice.json").read_text()) == expected
+        status = in_root(root, "dpkg-query", "-W", "-f", "${db:Status-Abbrev}", installed)
+        assert status.startswith("ii"), status

@@ -261,6 +261,18 @@ def _driver_ubuntu_style(branch: str, version: str, cuda: str) -> list[FakeDeb]:
             description=f"NVIDIA driver metapackage, server branch {branch}",
         ),
         FakeDeb(
+            f"nvidia-headless-no-dkms-{srv}",
+            v,
+            depends=(f"libnvidia-compute-{srv} {same}", f"nvidia-compute-utils-{srv} {same}"),
+            description=f"NVIDIA headless metapackage, no DKMS, server branch {branch}",
+        ),
+        FakeDeb(
+            f"nvidia-headless-{srv}",
+            v,
+            depends=(f"nvidia-headless-no-dkms-{srv} {same}", f"nvidia-dkms-{srv} {same}"),
+            description=f"NVIDIA headless metapackage with DKMS, server branch {branch}",
+        ),
+        FakeDeb(
             f"nvidia-utils-{srv}",
             v,
             files={"/usr/bin/nvidia-smi": NVIDIA_SMI_NO_GPU.format(version=version)},
