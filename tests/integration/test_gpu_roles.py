@@ -94,6 +94,13 @@ def test_nouveau_blacklisted_and_persistenced_enabled(gpu_root):
     assert any("nvidia-smi check was skipped" in m for m in debug_messages(first))
 
 
+def test_first_run_leaves_the_reboot_flag_for_packer(gpu_root):
+    _, first, second = gpu_root
+    flag = [t for t in first.changed_tasks if "reboot-required flag" in t]
+    assert flag, first.changed_tasks  # the driver changed, the reboot was skipped (bake: Packer reboots)
+    assert second is not None and not [t for t in second.changed_tasks if "reboot-required" in t]
+
+
 def test_cuda_toolkits_side_by_side_with_a_default(gpu_root):
     root, _, _ = gpu_root
     query = in_root(root, "update-alternatives", "--query", "cuda")
