@@ -193,3 +193,16 @@ def rootfs_tarball() -> Path:
     from tests.support import rootfs
 
     return rootfs.tarball()
+
+
+@pytest.fixture(scope="session")
+def agent_wheel(tmp_path_factory) -> Path:
+    """A wheel of this repository, as `scipioncloud bake` builds it for the agent role."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = out.glob("scipioncloud-*.whl")
+    return wheel
