@@ -177,6 +177,18 @@ def aws_env(moto_server, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def vendor_apt_repo(tmp_path_factory):
+    """One signed local apt repository on 127.0.0.1 for the session, standing in for NVIDIA's CUDA repository,
+    Ubuntu's NVIDIA driver packages, TurboVNC and VirtualGL (tests/support/aptrepo.py; default package set).
+    Point a role at `vendor_apt_repo.url` with `vendor_apt_repo.keyring_path` or `.key_url`."""
+    from tests.support.aptrepo import FakeVendorAptRepo
+
+    repo = FakeVendorAptRepo.build(tmp_path_factory.mktemp("vendor-apt-repo"))
+    yield repo
+    repo.stop()
+
+
+@pytest.fixture(scope="session")
 def rootfs_tarball() -> Path:
     """The cached Debian 12 root filesystem tarball (debootstrap builds it on first use; see
     tests/support/rootfs.py for extracting a disposable copy and running playbooks in it)."""
