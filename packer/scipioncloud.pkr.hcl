@@ -79,11 +79,11 @@ build {
     user             = "ubuntu"
     use_proxy        = false
     ansible_env_vars = local.ansible_env
-    extra_arguments = [
+    extra_arguments = concat([
       "--extra-vars", "@${var.ansible_vars_file}",
       "--extra-vars", "agent_wheel=${var.agent_wheel}",
       "--extra-vars", "ansible_python_interpreter=/usr/bin/python3",
-    ]
+    ], var.ansible_overrides_file == "" ? [] : ["--extra-vars", "@${var.ansible_overrides_file}"])
   }
 
   # The driver install may ask for a reboot (new kernel module); the script disconnects, Packer reconnects.

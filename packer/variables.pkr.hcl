@@ -92,6 +92,12 @@ variable "verify_gpu" {
   default     = true
 }
 
+variable "ansible_overrides_file" {
+  type        = string
+  description = "Optional Ansible vars file applied after the image's (a site's package mirror, or the rehearsal's local repository)."
+  default     = ""
+}
+
 variable "gpu_required" {
   type        = bool
   description = "The image needs an NVIDIA GPU; tagged scipioncloud:gpu so `scipioncloud launch` refuses CPU-only types."

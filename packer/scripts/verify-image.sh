@@ -22,6 +22,19 @@ grep -q '"^nvidia-";' /etc/apt/apt.conf.d/51scipioncloud-unattended-upgrades ||
   fail "unattended upgrades do not hold NVIDIA packages"
 ok "fio present, unattended upgrades hold kernel and NVIDIA packages"
 
+if [ -e /usr/local/cuda ]; then
+  /usr/local/cuda/bin/nvcc --version >/dev/null || fail "nvcc of /usr/local/cuda does not run"
+  grep -qs /usr/local/cuda /etc/ld.so.conf.d/*.conf || fail "CUDA libraries are not on the system library path"
+  ok "CUDA toolkit $(readlink -f /usr/local/cuda) is the default"
+fi
+
+if [ -x /opt/scipion/scipion3 ]; then
+  owner=$(stat -c %U /opt/scipion)
+  runuser -u "$owner" -- /opt/scipion/scipion3 printenv | grep -q 'SCIPION_HOME="/opt/scipion"' ||
+    fail "scipion3 printenv does not run as $owner"
+  ok "Scipion 3 runs as $owner"
+fi
+
 if [ "${VERIFY_GPU:-true}" = true ]; then
   command -v nvidia-smi >/dev/null || fail "nvidia-smi is missing (VERIFY_GPU=true)"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || fail "nvidia-smi cannot reach a GPU"

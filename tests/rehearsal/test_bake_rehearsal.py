@@ -1,7 +1,9 @@
 """The whole bake, offline: the real `scipioncloud bake` drives real Packer (amazon-ebs against a moto EC2
 server on 127.0.0.1) whose real Ansible provisioner runs the real roles over SSH inside a disposable Debian 12
-root filesystem (tests/support/sshd_target.py). Only the EC2 endpoint, the SSH target and verify_gpu (no GPU
-here) are overridden."""
+root filesystem (tests/support/sshd_target.py). Only the EC2 endpoint, the SSH target, verify_gpu (no GPU
+here) and, through the template's `ansible_overrides_file`, the vendor repositories (NVIDIA's CUDA repository
+-> the local signed stand-in on 127.0.0.1) and Scipion's plugin binaries (off: their sources are not
+reachable here) are overridden."""
 
 from __future__ import annotations
 
@@ -46,10 +48,22 @@ def host_fingerprint() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory, moto_server, rootfs_tarball):
+def rehearsal(tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo):
     """One full bake; yields everything the tests look at."""
     moto_server.reset()
     work = tmp_path_factory.mktemp("rehearsal")
+    overrides = work / "overrides.yml"
+    overrides.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "nvidia_driver_cuda_repo_url": vendor_apt_repo.url,
+                "nvidia_driver_cuda_repo_key": vendor_apt_repo.key_url,
+                "cuda_repo_url": vendor_apt_repo.url,
+                "cuda_repo_key": vendor_apt_repo.key_url,
+                "scipion_plugin_binaries": False,
+            }
+        )
+    )
     before = host_fingerprint()
     timings = {}
     with rootfs.disposable(work, rootfs_tarball) as root:
@@ -62,7 +76,7 @@ def rehearsal(tmp_path_factory, moto_server, rootfs_tarball):
                 "--region", HOME_REGION, "--copy-to", COPY_REGION, "--out", str(work / "build"),
                 "--var", f"custom_endpoint_ec2={moto_server.url}", "--var", "skip_aws_checks=true",
                 "--var", "ssh_host=127.0.0.1", "--var", f"ssh_port={target.port}",
-                "--var", "verify_gpu=false",
+                "--var", "verify_gpu=false", "--var", f"ansible_overrides_file={overrides}",
             ]  # fmt: skip
             started = time.monotonic()
             bake = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
@@ -77,7 +91,7 @@ def rehearsal(tmp_path_factory, moto_server, rootfs_tarball):
         again = rootfs.run_playbook(
             root,
             REPO / "roles/site.yml",
-            vars_files=[REPO / "images" / f"{IMAGE}.yml"],
+            vars_files=[REPO / "images" / f"{IMAGE}.yml", overrides],
             extra_vars={"agent_wheel": str(wheel)},
         )
         timings["second_run_s"] = time.monotonic() - started
@@ -105,6 +119,8 @@ def test_bake_succeeds_and_names_the_amis(rehearsal):
     log = Path(record["packer_log"]).read_text()
     assert "agent : Install the package into its venv" in log
     assert "reboot-if-required: systemd did not boot this root (chroot?), never rebooting from here" in log
+    assert "verify-image: ok: CUDA toolkit /usr/local/cuda-12.6 is the default" in log
+    assert "verify-image: ok: Scipion 3 runs as ubuntu" in log
     assert "verify-image: scipion-desktop verified" in log
     assert "sysprep : Assert the image holds no keys, ids or secrets" in log
 
