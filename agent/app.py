@@ -13,7 +13,7 @@ from agent.token import ensure_token
 
 # Each module holds `bp` (a Blueprint), `OPENAPI` (its paths) and may hold `init_app(app, config)`,
 # which attaches its state and background services.
-CAPABILITIES = ("agent.health",)
+CAPABILITIES = ("agent.health", "agent.desktop")
 
 
 def create_app(config: Config | None = None, *, token: str | None = None) -> Flask:
