@@ -287,6 +287,15 @@ class DesktopStack:
         )
         wait_port(self.https_port)
 
+    def agent_env(self) -> dict[str, str]:
+        env = {"HOME": str(self.home)}
+        if (REPO / "tests" / "support" / "fake_pynvml.py").exists():
+            # No GPU here: the agent's NVML calls reach the fake at the pynvml boundary (see nvml_boundary).
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(REPO / "tests" / "support" / "nvml_boundary"), str(REPO)]
+            )
+        return env
+
     def start(self) -> DesktopStack:
         from tests.conftest import start_agent
 
@@ -294,7 +303,7 @@ class DesktopStack:
         self.firstboot()
         unit = render("scipioncloud-websockify.service.j2", self.vars, self.root / "websockify.service")
         self._spawn("websockify", exec_start(unit.read_text()))
-        self.agent = start_agent(self.root / "agent", self.agent_config(), env={"HOME": str(self.home)})
+        self.agent = start_agent(self.root / "agent", self.agent_config(), env=self.agent_env())
         wait_port(self.ws_port)
         if self.with_nginx:
             self.start_nginx()
