@@ -172,3 +172,37 @@ def aws_env(moto_server, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto_server.env()
+
+
+@pytest.fixture(scope="session")
+def vendor_apt_repo(tmp_path_factory):
+    """One signed local apt repository on 127.0.0.1 for the session, standing in for NVIDIA's CUDA repository,
+    Ubuntu's NVIDIA driver packages, TurboVNC and VirtualGL (tests/support/aptrepo.py; default package set).
+    Point a role at `vendor_apt_repo.url` with `vendor_apt_repo.keyring_path` or `.key_url`."""
+    from tests.support.aptrepo import FakeVendorAptRepo
+
+    repo = FakeVendorAptRepo.build(tmp_path_factory.mktemp("vendor-apt-repo"))
+    yield repo
+    repo.stop()
+
+
+@pytest.fixture(scope="session")
+def rootfs_tarball() -> Path:
+    """The cached Debian 12 root filesystem tarball (debootstrap builds it on first use; see
+    tests/support/rootfs.py for extracting a disposable copy and running playbooks in it)."""
+    from tests.support import rootfs
+
+    return rootfs.tarball()
+
+
+@pytest.fixture(scope="session")
+def agent_wheel(tmp_path_factory) -> Path:
+    """A wheel of this repository, as `scipioncloud bake` builds it for the agent role."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = out.glob("scipioncloud-*.whl")
+    return wheel

@@ -1,0 +1,109 @@
+"""The roles of site.yml and sysprep.yml, run for real (without Packer) inside a disposable Debian 12 root
+filesystem: what they install, that a second run changes nothing, first-boot secrets, sysprep hygiene."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+import pytest
+import tomllib
+
+from tests.conftest import REPO
+from tests.support import hygiene, rootfs
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+SITE = REPO / "roles/site.yml"
+SYSPREP = REPO / "roles/sysprep.yml"
+DESKTOP_VARS = REPO / "images/scipion-desktop.yml"
+
+
+@pytest.fixture(scope="module")
+def provisioned(tmp_path_factory, rootfs_tarball, agent_wheel):
+    """One root filesystem with site.yml applied twice: (root, first result, second result)."""
+    with rootfs.disposable(tmp_path_factory.mktemp("roles"), rootfs_tarball) as root:
+        extra = {"agent_wheel": str(agent_wheel)}
+        first = rootfs.run_playbook(root, SITE, vars_files=[DESKTOP_VARS], extra_vars=extra)
+        second = rootfs.run_playbook(root, SITE, vars_files=[DESKTOP_VARS], extra_vars=extra)
+        yield root, first, second
+
+
+def test_site_configures_the_machine(provisioned):
+    root, first, _ = provisioned
+    assert first.rc == 0, first.summary()
+    # agent: the package in its venv, runnable, with a config the agent itself accepts
+    agent = root / "opt/scipioncloud/venv/bin/scipioncloud-agent"
+    assert agent.exists()
+    assert rootfs.run_in_root(root, "/opt/scipioncloud/venv/bin/scipioncloud-agent", "--help").returncode == 0
+    config = tomllib.loads((root / "etc/scipioncloud/agent.toml").read_text())
+    assert config["server"]["token_file"] == "/etc/scipioncloud/agent.token"
+    assert config["idle"]["action"] == "poweroff"  # from images/scipion-desktop.yml
+    sys.path.insert(0, str(REPO))
+    from agent.config import from_dict
+
+    assert from_dict(config).storage.mount_roots == ("/data", "/mnt")
+    unit = root / "etc/systemd/system/scipioncloud-agent.service"
+    assert unit.read_text() == (REPO / "systemd/scipioncloud-agent.service").read_text()
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert (
+        os.readlink(wants / "scipioncloud-agent.service") == "/etc/systemd/system/scipioncloud-agent.service"
+    )
+    assert (wants / "scipioncloud-firstboot.service").is_symlink()
+    assert (root / "usr/bin/fio").exists()
+    # no secret is made at build time
+    assert not (root / "etc/scipioncloud/agent.token").exists()
+    # common: UTC, unattended upgrades that hold kernel and NVIDIA packages
+    assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Etc/UTC"
+    held = (root / "etc/apt/apt.conf.d/51scipioncloud-unattended-upgrades").read_text()
+    assert '"^linux-";' in held and '"^nvidia-";' in held and '"^libnvidia-";' in held
+    assert 'Unattended-Upgrade "1"' in (root / "etc/apt/apt.conf.d/20auto-upgrades").read_text()
+    assert "169.254.169.123" in (root / "etc/systemd/timesyncd.conf.d/50-scipioncloud.conf").read_text()
+
+
+def test_second_run_changes_nothing(provisioned):
+    _, first, second = provisioned
+    assert first.changed > 0, first.summary()
+    assert second.rc == 0 and second.changed == 0, second.summary()
+
+
+def test_firstboot_makes_secrets_once_and_sysprep_removes_them(provisioned):
+    root, *_ = provisioned
+    made = rootfs.run_in_root(root, "/usr/local/sbin/scipioncloud-firstboot")
+    assert made.returncode == 0, made.stderr
+    token = root / "etc/scipioncloud/agent.token"
+    key = root / "etc/scipioncloud/tls/key.pem"
+    for secret in (token, key, root / "etc/scipioncloud/vnc.password"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+    assert len(token.read_text().strip()) == 64
+    assert b"PRIVATE KEY" in key.read_bytes()
+    assert (root / "etc/ssh/ssh_host_ed25519_key").exists()
+    before = token.read_text(), key.read_bytes()
+    again = rootfs.run_in_root(root, "/usr/local/sbin/scipioncloud-firstboot")
+    assert again.returncode == 0 and "made" not in again.stdout
+    assert (token.read_text(), key.read_bytes()) == before
+    # a user's traces the image must not keep
+    ssh = root / "home/ubuntu/.ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "authorized_keys").write_text("ssh-ed25519 AAAA test\n")
+    (root / "root/.bash_history").write_text("export SECRET=1\n")
+    assert hygiene.audit(root), "the audit must see the secrets before sysprep"
+
+    cleaned = rootfs.run_playbook(root, SYSPREP)
+    assert cleaned.rc == 0, cleaned.summary()
+    assert hygiene.audit(root) == []
+
+
+def test_unknown_role_is_refused(tmp_path, rootfs_tarball):
+    with rootfs.disposable(tmp_path, rootfs_tarball) as root:
+        result = rootfs.run_playbook(root, SITE, extra_vars={"scipioncloud_roles": ["common", "cmomon"]})
+    assert result.rc != 0
+    assert any("'cmomon', which is not a role" in t for t in result.failed_tasks), result.summary()
+    assert result.stats["changed"] == 0
+
+
+def test_agent_role_without_a_wheel_says_how_to_build_one(tmp_path, rootfs_tarball):
+    with rootfs.disposable(tmp_path, rootfs_tarball) as root:
+        result = rootfs.run_playbook(root, SITE, extra_vars={"scipioncloud_roles": ["agent"]})
+    assert result.rc != 0
+    assert any("pip wheel --no-deps" in t for t in result.failed_tasks), result.summary()
