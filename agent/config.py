@@ -71,7 +71,7 @@ class DesktopConfig:
     session_script: Path = Path("/usr/local/libexec/scipioncloud/desktop-session")
     env_file: Path = Path("/etc/scipioncloud/desktop.env")
     port: int = 0  # 0: 5900 + display
-    passwd_file: Path = Path("/home/ubuntu/.vnc/passwd")
+    passwd_file: Path = Path("~/.vnc/passwd")  # "~": the desktop user's home
     htpasswd_file: Path = Path("/etc/scipioncloud/desktop.htpasswd")
     info_file: Path = Path("/root/scipioncloud-desktop.txt")
     websockify: str = "127.0.0.1:6080"

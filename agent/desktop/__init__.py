@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psutil
 from flask import Blueprint, Flask, current_app, jsonify
@@ -185,8 +186,13 @@ class Desktop:
         except SessionError as exc:
             raise ApiError(503, str(exc)) from None
         new = vnc_password.generate()
+        passwd_file = (
+            Path(str(c.passwd_file).replace("~", user.home, 1))
+            if str(c.passwd_file).startswith("~")
+            else c.passwd_file
+        )
         try:
-            vnc_password.store_vnc(new, c.passwd_file, c.vnc, user.uid, user.gid)
+            vnc_password.store_vnc(new, passwd_file, c.vnc, user.uid, user.gid)
             updated = ["vnc"]
             if c.htpasswd_file.parent.is_dir():
                 gid = c.htpasswd_file.stat().st_gid if c.htpasswd_file.exists() else -1
