@@ -29,18 +29,31 @@ SECRETS = [
 
 @pytest.fixture(scope="module")
 def vnc_repo(tmp_path_factory):
-    """TurboVNC's and VirtualGL's repository layout (suite "any", component "main"), signed, on 127.0.0.1."""
+    """TurboVNC's repository layout (suite "any", component "main"), signed with its own key, on 127.0.0.1."""
+    repo = FakeVendorAptRepo.build(tmp_path_factory.mktemp("turbovnc-repo"), turbovnc_packages(), suite="any")
+    yield repo
+    repo.stop()
+
+
+@pytest.fixture(scope="module")
+def vgl_repo(tmp_path_factory):
+    """VirtualGL's: a second repository with its own key, as upstream."""
     repo = FakeVendorAptRepo.build(
-        tmp_path_factory.mktemp("vnc-repo"), turbovnc_packages() + virtualgl_packages(), suite="any"
+        tmp_path_factory.mktemp("virtualgl-repo"), virtualgl_packages(), suite="any"
     )
     yield repo
     repo.stop()
 
 
 @pytest.fixture(scope="module")
-def provisioned(tmp_path_factory, rootfs_tarball, vnc_repo):
+def provisioned(tmp_path_factory, rootfs_tarball, vnc_repo, vgl_repo):
     with rootfs.disposable(tmp_path_factory.mktemp("desktop-role"), rootfs_tarball) as root:
-        extra = {"test_repo_url": vnc_repo.url, "test_repo_key": vnc_repo.key_url}
+        extra = {
+            "test_turbovnc_url": vnc_repo.url,
+            "test_turbovnc_key": vnc_repo.key_url,
+            "test_virtualgl_url": vgl_repo.url,
+            "test_virtualgl_key": vgl_repo.key_url,
+        }
         env = {"ANSIBLE_ROLES_PATH": str(REPO / "roles")}
         first = rootfs.run_playbook(root, PLAYBOOK, extra_vars=extra, env=env)
         second = rootfs.run_playbook(root, PLAYBOOK, extra_vars=extra, env=env) if first.rc == 0 else None
