@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -60,17 +61,31 @@ def desktop_config(config: Config | DesktopConfig) -> DesktopConfig:
 
 
 def connected_clients(config: Config | DesktopConfig) -> int:
-    """VNC clients connected now (each browser tab is one websockify connection to the VNC port)."""
+    """VNC clients connected now (each browser tab is one websockify connection to the VNC port). The
+    agent's own readiness probes are not viewers: connections whose other end is this process are left out."""
     port = desktop_config(config).vnc_port
     try:
         connections = psutil.net_connections(kind="tcp")
     except psutil.AccessDenied:  # pragma: no cover - Linux reads /proc/net/tcp without privileges
         return 0
+    own = {c.laddr.port for c in connections if c.pid == os.getpid() and c.raddr and c.raddr.port == port}
     return sum(
         1
         for c in connections
-        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.raddr
+        if c.status == psutil.CONN_ESTABLISHED
+        and c.laddr
+        and c.laddr.port == port
+        and c.raddr
+        and c.raddr.port not in own
     )
+
+
+def viewers_signal(config: Config | DesktopConfig) -> tuple[bool, str]:
+    """The idle rule's desktop signal: (busy, reason). Someone watching the desktop keeps the machine on."""
+    count = connected_clients(config)
+    if count:
+        return True, f"{count} VNC viewer{'s' if count > 1 else ''} connected"
+    return False, "no VNC viewer connected"
 
 
 def http_answers(bind: str, timeout: float = 1.0) -> bool:
@@ -214,6 +229,11 @@ def init_app(app: Flask, config: Config) -> None:
     desktop = Desktop(config.desktop)
     app.extensions[KEY] = desktop
     services.register(app, "desktop", desktop)
+    # The idle rule (agent.idle, its own capability) takes signals from others; without it, nothing to do.
+    if importlib.util.find_spec("agent.idle") is not None:
+        from agent import idle
+
+        idle.register_signal(app, "desktop", lambda: idle.Signal(*viewers_signal(config)))
 
 
 def _desktop() -> Desktop:

@@ -133,16 +133,14 @@ def test_sigkill_of_the_vnc_server_brings_the_session_back(stack):
     assert stack.agent.get("/v1/desktop").json()["running"] is True
 
 
-def test_connected_clients_counts_viewers(stack, agent_config):
-    import socket
-
+def test_connected_clients_counts_viewers(stack):
     from agent.config import from_dict
     from agent.desktop import connected_clients
+    from tests.support.desktop import viewer_process
 
     config = from_dict(stack.agent_config())
     base = connected_clients(config)
-    with socket.create_connection(("127.0.0.1", stack.vnc_port)) as viewer:
-        viewer.recv(12)
+    with viewer_process(stack.vnc_port):
         assert connected_clients(config) == base + 1
         assert stack.agent.get("/v1/desktop").json()["connected_clients"] == base + 1
     deadline = time.monotonic() + 5

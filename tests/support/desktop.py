@@ -81,6 +81,31 @@ def free_display() -> int:
     raise RuntimeError("displays :40-:59 are all taken; a previous test left an X server running")
 
 
+@contextlib.contextmanager
+def viewer_process(port: int):
+    """Hold one TCP connection to `port` from a separate process, like a viewer's websockify bridge."""
+    import sys
+
+    code = (
+        "import socket, sys\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}))\n"
+        "print('connected', flush=True)\n"
+        "sys.stdin.read()\n"
+        "s.close()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        if process.stdout.readline().strip() != "connected":
+            raise RuntimeError(f"viewer process could not connect to port {port}")
+        yield process
+    finally:
+        process.stdin.close()
+        process.wait(10)
+        process.stdout.close()
+
+
 def wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

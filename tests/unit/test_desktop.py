@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import stat
 import subprocess
@@ -94,6 +95,15 @@ def test_vncpasswd_missing_is_a_clear_error(tmp_path, monkeypatch):
         password.store_vnc("Abcd2345", tmp_path / "p", "tigervnc", -1, -1)
 
 
+@contextlib.contextmanager
+def viewer(port: int):
+    """A client in another process (the agent leaves its own process's connections out of the count)."""
+    from tests.support.desktop import viewer_process
+
+    with viewer_process(port):
+        yield
+
+
 @pytest.fixture
 def fake_rfb_server():
     """A listener that greets like a VNC server; stands in only for the banner check."""
@@ -128,11 +138,46 @@ def test_connected_clients_counts_established_connections(tmp_path):
         port = server.getsockname()[1]
         config = from_dict(agent_config_dict(tmp_path, desktop={"port": port}))
         assert connected_clients(config) == 0
-        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
-        accepted = [server.accept()[0] for _ in clients]
-        try:
-            assert connected_clients(config) == 2
-            assert connected_clients(config.desktop) == 2
-        finally:
-            for s in clients + accepted:
-                s.close()
+        with viewer(port), viewer(port):
+            accepted = [server.accept()[0] for _ in range(2)]
+            try:
+                assert connected_clients(config) == 2
+                assert connected_clients(config.desktop) == 2
+            finally:
+                for s in accepted:
+                    s.close()
+
+
+def test_viewers_make_the_machine_busy(tmp_path):
+    from agent.desktop import viewers_signal
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        config = from_dict(agent_config_dict(tmp_path, desktop={"port": server.getsockname()[1]}))
+        assert viewers_signal(config) == (False, "no VNC viewer connected")
+        with viewer(server.getsockname()[1]), server.accept()[0]:
+            assert viewers_signal(config) == (True, "1 VNC viewer connected")
+
+
+def test_idle_rule_hears_the_desktop(tmp_path, auth):
+    idle = pytest.importorskip("agent.idle", reason="the idle rule (branch reporting) is not merged here")
+    from agent.app import create_app
+    from tests.conftest import TOKEN
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        config = from_dict(agent_config_dict(tmp_path, desktop={"port": server.getsockname()[1]}))
+        app = create_app(config, token=TOKEN)
+        signal = app.extensions[idle.SIGNALS]["desktop"]
+        assert signal() == idle.Signal(False, "no VNC viewer connected")
+        with viewer(server.getsockname()[1]), server.accept()[0]:
+            assert signal() == idle.Signal(True, "1 VNC viewer connected")
+            body = app.test_client().get("/v1/idle", headers=auth).json
+            assert "desktop: 1 VNC viewer connected" in body["reasons"]
+
+
+def test_the_agents_own_probe_is_not_a_viewer(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        config = from_dict(agent_config_dict(tmp_path, desktop={"port": port}))
+        with socket.create_connection(("127.0.0.1", port)) as probe, server.accept()[0]:
+            probe.getsockname()  # a connection from this very process, as rfb.banner makes
+            assert connected_clients(config) == 0
