@@ -207,6 +207,10 @@ class SupervisedSession:
                 delay = 0.0
                 continue
             lived = time.monotonic() - started
+            # As systemd does with the unit's cgroup: what the ended session left running goes too.
+            with self._lock:
+                end_processes(display_processes(self.config.display, self.account.uid, {os.getpid()}))
+                clear_stale_lock(self.config.display)
             delay = 0.0 if lived > self.QUICK_EXIT_S else min(max(delay * 2, 0.5), 10.0)
             log.info("desktop session ended (status %s after %.1f s); restarting", code, lived)
             if delay:

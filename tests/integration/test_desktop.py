@@ -112,6 +112,32 @@ def test_logout_brings_a_fresh_session(stack, tmp_path):
     assert colour_fraction(after, SESSION_RGB) > 0.3
 
 
+def test_logout_from_the_desktop_menu_brings_a_fresh_session(stack):
+    # What "Log out" in the desktop's own menu does: the session program ends by itself.
+    old = server_pid(stack.display)
+    env = {**os.environ, "DISPLAY": f":{stack.display}", "XAUTHORITY": str(stack.home / ".Xauthority")}
+    # The message reaches openbox only once it manages the screen: ask again until the session ends.
+    deadline = time.monotonic() + 15
+    while server_pid(stack.display) == old and time.monotonic() < deadline:
+        subprocess.run(["openbox", "--exit"], env=env, check=True, timeout=10)
+        time.sleep(0.5)
+    assert wait_new_server(stack, old) != old
+
+
+def test_logout_ends_programs_that_left_the_session(stack):
+    env = {**os.environ, "DISPLAY": f":{stack.display}", "XAUTHORITY": str(stack.home / ".Xauthority")}
+    # A daemon in its own session and process group, as dbus-launch and friends make them.
+    stray = subprocess.Popen(["setsid", "sleep", "600"], env=env, stdin=subprocess.DEVNULL)
+    try:
+        response = stack.agent.request("POST", "/v1/desktop/logout")
+        assert response.status_code == 200, response.text
+        assert stray.wait(10) != 0  # ended by a signal, not by finishing
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+
+
 def test_twenty_logouts_in_a_row(stack):
     pids = [server_pid(stack.display)]
     for cycle in range(20):
