@@ -138,6 +138,20 @@ def test_logout_ends_programs_that_left_the_session(stack):
             stray.wait()
 
 
+def test_the_desktop_launcher_logs_out_through_the_agent(stack):
+    from tests.support.desktop import render
+
+    launcher = render("scipioncloud-logout.desktop.j2", stack.vars, stack.root / "logout.desktop").read_text()
+    helper = render("desktop-logout.j2", stack.vars, stack.root / "desktop-logout")
+    assert f"Exec=sudo -n {stack.vars['desktop_libexec_dir']}/desktop-logout" in launcher
+    old = server_pid(stack.display)
+    result = subprocess.run(["sh", str(helper)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '"status":"restarted"' in result.stdout.replace(" ", "")
+    assert server_pid(stack.display) not in (None, old)
+    assert stack.agent.token not in result.stdout + result.stderr
+
+
 def test_twenty_logouts_in_a_row(stack):
     pids = [server_pid(stack.display)]
     for cycle in range(20):
