@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import stat
 import subprocess
@@ -181,3 +182,35 @@ def test_the_agents_own_probe_is_not_a_viewer(tmp_path):
         with socket.create_connection(("127.0.0.1", port)) as probe, server.accept()[0]:
             probe.getsockname()  # a connection from this very process, as rfb.banner makes
             assert connected_clients(config) == 0
+
+
+@pytest.fixture
+def fake_systemctl(tmp_path, monkeypatch):
+    """systemd is not PID 1 here: a `systemctl` on PATH that records its arguments and fails on request."""
+    record = tmp_path / "systemctl.args"
+    script = tmp_path / "bin" / "systemctl"
+    script.parent.mkdir()
+    script.write_text(
+        f'#!/bin/sh\necho "$@" >> {record}\n'
+        f"[ -e {tmp_path}/fail ] && {{ echo 'Unit scipioncloud-desktop.service not found.' >&2; exit 5; }}\n"
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    return record
+
+
+def test_systemd_manager_restarts_the_unit(tmp_path, fake_systemctl):
+    from agent.desktop.session import SessionError, make_session
+
+    session = make_session(from_dict({"desktop": {"manager": "systemd", "display": 59}}).desktop)
+    assert session.kind == "systemd"
+    session.restart()
+    assert session.running()
+    assert fake_systemctl.read_text().splitlines() == [
+        "restart scipioncloud-desktop.service",
+        "is-active --quiet scipioncloud-desktop.service",
+    ]
+    (tmp_path / "fail").touch()
+    with pytest.raises(SessionError, match="not found"):
+        session.restart()
