@@ -92,7 +92,9 @@ def test_role_installs_the_desktop(provisioned, vnc_repo):
     assert "proxy_read_timeout 1d;" in (root / "etc/nginx/sites-available/scipioncloud-desktop").read_text()
     # launchers, and the desktop user may run only the log-out helper as root
     assert (root / "home/ubuntu/Desktop/scipioncloud-logout.desktop").exists()
-    assert "vglrun -d egl" in (root / "usr/share/applications/scipion.desktop").read_text()
+    scipion = root / "home/ubuntu/Desktop/scipion.desktop"
+    assert os.readlink(scipion) == "/usr/share/applications/scipion.desktop"  # role scipion's launcher
+    assert "VGL_DISPLAY=egl" in env
     sudoers = root / "etc/sudoers.d/scipioncloud-desktop"
     assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440
     assert "NOPASSWD: /usr/local/libexec/scipioncloud/desktop-logout" in sudoers.read_text()
