@@ -15,7 +15,7 @@ HOSTS   ?=
 PYTEST_ARGS ?=
 comma := ,
 
-.PHONY: help setup deps test test-gpu lint bench agent ami validate rehearse provision docs clean
+.PHONY: help setup deps test test-gpu lint bench agent ami versions validate rehearse provision docs clean
 
 help: ## List every target
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ agent: setup ## Run the agent in the foreground on 127.0.0.1 with a development 
 
 ami: setup ## Bake an AMI: make ami [IMAGE=scipion-desktop] [REGION=eu-west-1] [COPY_TO="us-east-1 ..."]
 	$(VENV)/bin/scipioncloud bake $(IMAGE) $(if $(REGION),--region $(REGION)) $(foreach r,$(COPY_TO),--copy-to $(r))
+
+versions: setup ## Regenerate docs/versions.md (the pinned-versions table) from images/ and role defaults
+	$(PY) -m scipioncloud.versions > docs/versions.md
 
 validate: setup ## Validate every image definition offline (packer validate, ansible syntax)
 	$(VENV)/bin/scipioncloud bake --validate-only --all

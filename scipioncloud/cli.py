@@ -11,3 +11,8 @@ from scipioncloud import __version__
 @click.version_option(__version__)
 def main() -> None:
     """Bake ScipionCloud images and run cryo-EM workstations on AWS."""
+
+
+from scipioncloud.bake import bake_command  # noqa: E402
+
+main.add_command(bake_command)

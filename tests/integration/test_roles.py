@@ -8,7 +8,12 @@ import stat
 import sys
 
 import pytest
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 
 from tests.conftest import REPO
 from tests.support import hygiene, rootfs
@@ -39,7 +44,6 @@ def test_site_configures_the_machine(provisioned):
     config = tomllib.loads((root / "etc/scipioncloud/agent.toml").read_text())
     assert config["server"]["token_file"] == "/etc/scipioncloud/agent.token"
     assert config["idle"]["action"] == "poweroff"  # from images/scipion-desktop.yml
-    sys.path.insert(0, str(REPO))
     from agent.config import from_dict
 
     assert from_dict(config).storage.mount_roots == ("/data", "/mnt")
@@ -51,6 +55,9 @@ def test_site_configures_the_machine(provisioned):
     )
     assert (wants / "scipioncloud-firstboot.service").is_symlink()
     assert (root / "usr/bin/fio").exists()
+    units = [f"/etc/systemd/system/scipioncloud-{u}.service" for u in ("agent", "firstboot")]
+    verified = rootfs.run_in_root(root, "systemd-analyze", "verify", *units)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     # no secret is made at build time
     assert not (root / "etc/scipioncloud/agent.token").exists()
     # common: UTC, unattended upgrades that hold kernel and NVIDIA packages

@@ -46,7 +46,7 @@ class FakeDeb:
 
     name: str
     version: str
-    files: dict[str, str | Symlink] = dataclasses.field(default_factory=dict)
+    files: dict[str, str | bytes | Symlink] = dataclasses.field(default_factory=dict)
     depends: tuple[str, ...] = ()
     provides: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
@@ -87,6 +87,10 @@ class FakeDeb:
             path.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, Symlink):
                 path.symlink_to(content.target)
+                continue
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+                path.chmod(0o644)
                 continue
             path.write_text(content)
             executable = content.startswith("#!") or (
@@ -135,7 +139,46 @@ CUDA_TOOLKITS = (
 )
 
 
-def _driver_debian_style(branch: str, version: str) -> list[FakeDeb]:
+@functools.cache
+def shared_library(soname: str, c_source: str) -> bytes:
+    """A real (tiny) ELF shared object, so ldconfig and the dynamic loader treat it like the vendor's."""
+    with tempfile.TemporaryDirectory(prefix="fake-so-") as tmp:
+        out = Path(tmp) / soname
+        argv = [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-nostdlib",
+            f"-Wl,-soname,{soname}",
+            "-o",
+            str(out),
+            "-x",
+            "c",
+            "-",
+        ]
+        _run(argv, input=c_source)
+        return out.read_bytes()
+
+
+def _libcuda(version: str, cuda: str) -> bytes:
+    major, minor = cuda.split(".")
+    return shared_library(
+        "libcuda.so.1",
+        f"/* stand-in libcuda {version} */\n"
+        f"int cuDriverGetVersion(int *v) {{ *v = {int(major) * 1000 + int(minor) * 10}; return 0; }}\n"
+        "int cuInit(unsigned int flags) { (void)flags; return 100; /* CUDA_ERROR_NO_DEVICE */ }\n",
+    )
+
+
+def _libcudart(xy: str) -> bytes:
+    major, minor = xy.split(".")
+    return shared_library(
+        f"libcudart.so.{major}",
+        f"int cudaRuntimeGetVersion(int *v) {{ *v = {int(major) * 1000 + int(minor) * 10}; return 0; }}\n",
+    )
+
+
+def _driver_debian_style(branch: str, version: str, cuda: str) -> list[FakeDeb]:
     """CUDA repository for Debian (debian12/x86_64): Debian-style names, branch in the version."""
     deb_version = f"{version}-1"
     same = f"(= {deb_version})"
@@ -181,7 +224,7 @@ def _driver_debian_style(branch: str, version: str) -> list[FakeDeb]:
             "libcuda1",
             deb_version,
             files={
-                f"{lib}/libcuda.so.{version}": "",
+                f"{lib}/libcuda.so.{version}": _libcuda(version, cuda),
                 f"{lib}/libcuda.so.1": Symlink(f"libcuda.so.{version}"),
             },
             description="NVIDIA CUDA Driver Library",
@@ -199,7 +242,7 @@ def _driver_debian_style(branch: str, version: str) -> list[FakeDeb]:
     ]
 
 
-def _driver_ubuntu_style(branch: str, version: str) -> list[FakeDeb]:
+def _driver_ubuntu_style(branch: str, version: str, cuda: str) -> list[FakeDeb]:
     """Ubuntu archive's server-branch packages (nvidia-driver-<branch>-server and friends)."""
     v = f"{version}-0ubuntu0.24.04.1"
     same = f"(= {v})"
@@ -226,7 +269,7 @@ def _driver_ubuntu_style(branch: str, version: str) -> list[FakeDeb]:
             f"libnvidia-compute-{srv}",
             v,
             files={
-                f"{lib}/libcuda.so.{version}": "",
+                f"{lib}/libcuda.so.{version}": _libcuda(version, cuda),
                 f"{lib}/libcuda.so.1": Symlink(f"libcuda.so.{version}"),
             },
         ),
@@ -297,7 +340,7 @@ def _cuda_toolkit(xy: str, full: str, built: str, build_id: str) -> list[FakeDeb
             f"cuda-cudart-{dash}",
             version,
             files={
-                f"{prefix}/targets/x86_64-linux/lib/libcudart.so.{full}": "",
+                f"{prefix}/targets/x86_64-linux/lib/libcudart.so.{full}": _libcudart(xy),
                 f"{prefix}/targets/x86_64-linux/lib/libcudart.so.{major}": Symlink(f"libcudart.so.{full}"),
                 f"{prefix}/lib64": Symlink("targets/x86_64-linux/lib"),
             },
@@ -334,8 +377,8 @@ def _cuda_keyring(keyring: bytes) -> FakeDeb:
 def nvidia_packages() -> list[FakeDeb]:
     """NVIDIA's CUDA repository (Debian-style driver names) plus Ubuntu's server-branch driver names."""
     packages: list[FakeDeb] = []
-    for branch, version, _cuda in DRIVER_BRANCHES:
-        packages += _driver_debian_style(branch, version) + _driver_ubuntu_style(branch, version)
+    for branch, version, cuda in DRIVER_BRANCHES:
+        packages += _driver_debian_style(branch, version, cuda) + _driver_ubuntu_style(branch, version, cuda)
     newest = DRIVER_BRANCHES[-1]
     packages.append(
         FakeDeb("cuda-drivers", f"{newest[1]}-1", depends=(f"cuda-drivers-{newest[0]} (= {newest[1]}-1)",))
@@ -383,8 +426,10 @@ def virtualgl_packages(version: str = "3.1.1") -> list[FakeDeb]:
             "virtualgl",
             version,
             files={
-                "/opt/VirtualGL/bin/vglrun": "#!/bin/sh\n# Stand-in vglrun: runs the command without "
-                'interposing (no GPU here).\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n',
+                # Like the real vglrun: marks the environment (VGL_ISACTIVE=1) and runs the command; no
+                # OpenGL interposing here (no GPU, no libvglfaker).
+                "/opt/VirtualGL/bin/vglrun": '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\n'
+                'VGL_ISACTIVE=1\nexport VGL_ISACTIVE\nexec "$@"\n',
                 "/opt/VirtualGL/bin/vglserver_config": "#!/bin/sh\necho stand-in >&2\n",
                 "/opt/VirtualGL/bin/glxinfo": "#!/bin/sh\necho 'OpenGL vendor string: Mesa (stand-in)'\n",
             },

@@ -9,10 +9,12 @@ starting services.
 
 API (all paths are `pathlib.Path`):
 
-    tarball(packages=PACKAGES) -> Path
-        The cached tarball, built by debootstrap when missing. Cache folder: $SCIPIONCLOUD_CACHE or
-        ~/.cache/scipioncloud; the file name carries a hash of (suite, variant, packages), so changing the
-        package list builds a new one. Safe to call from concurrent processes (file lock).
+    tarball(packages=PACKAGES, mirror=None) -> Path
+        The cached tarball, built when missing: debootstrap (minbase, from the mirror this machine's apt
+        uses, see host_mirror()) then apt-get install of `packages` inside it. Cache folder:
+        $SCIPIONCLOUD_CACHE or ~/.cache/scipioncloud; the file name carries a hash of (suite, variant,
+        packages), so changing the package list builds a new one. Safe to call from concurrent processes
+        (file lock); a failed build leaves its log next to the tarball's name (*.build.log).
     extract(tar, dest) -> Path
         A fresh copy of the tarball in `dest` (created; must be empty or missing), with the host's
         resolv.conf and local CA certificates (so apt, curl and pip reach the mirrors through this
@@ -21,10 +23,13 @@ API (all paths are `pathlib.Path`):
         extract() into parent/"rootfs" and remove it afterwards (refuses to remove a tree with a mount
         below it).
     run_playbook(root, playbook, extra_vars=None, vars_files=(), tags=None, timeout=1800, env=None)
-        -> PlaybookResult(rc, stdout, stderr, stats, changed, failed, changed_tasks)
-        ansible-playbook with the JSON callback against host alias `rootfs` (ansible_host=<root>).
-        `changed` is the PLAY RECAP's changed count; `changed_tasks` names the tasks that changed, so an
-        idempotence test can say `assert second.changed == 0, second.changed_tasks`.
+        -> PlaybookResult: rc, stdout (the JSON callback's document), stderr, stats (the PLAY RECAP
+        dict of host `rootfs`), changed_tasks, failed_tasks (names, with their messages), and the
+        properties `changed` (recap count), `failed` (failures + unreachable); `summary()` makes a short
+        assertion message. Runs ansible-playbook from this interpreter's bin folder (the venv) against
+        the inventory alias `rootfs` (ansible_host=<root>, group `rootfs_targets`), so plays use
+        `hosts: all` or `hosts: rootfs_targets`. An idempotence test:
+        `assert second.changed == 0, second.summary()`.
     run_in_root(root, *argv) -> CompletedProcess
         a command chrooted into the copy (same private mount namespace), e.g. for hygiene checks.
 
@@ -32,8 +37,14 @@ Typical use (the `rootfs_tarball` session fixture in tests/conftest.py calls tar
 
     with rootfs.disposable(tmp_path, rootfs_tarball) as root:
         first = rootfs.run_playbook(root, REPO / "roles/site.yml", vars_files=[REPO / "images/x.yml"])
-        assert first.rc == 0, first.stdout
-        assert rootfs.run_playbook(root, ...).changed == 0
+        assert first.rc == 0, first.summary()
+        again = rootfs.run_playbook(root, ...)
+        assert again.changed == 0, again.summary()
+
+Mind: changed_when/handlers that restart services should act only where /run/systemd/system exists
+(never true here: /run is a fresh tmpfs), and the copy reaches the network only through this machine's
+resolver and CAs. `PACKAGES` lists what the base holds (python3, python3-apt, sudo, openssh-server,
+systemd, cloud-init, gnupg, curl, ...).
 
 Needs root, debootstrap, unshare, tar and zstd.
 """

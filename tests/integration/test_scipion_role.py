@@ -1,0 +1,198 @@
+"""roles/scipion for real in a disposable Debian 12 root filesystem: Scipion 3 and its plugins from PyPI
+(binaries off) on top of roles/cuda from the local vendor repository. Then the Slurm queue of the role's
+hosts.conf: Scipion's own code (pyworkflow's HostConfig, inside the root) fills SUBMIT_TEMPLATE exactly as it
+does for a protocol, and the job runs on a local slurmctld + slurmd + munge."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import rootfs
+from tests.support.slurm import NODE, LocalSlurm
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+REPO = Path(__file__).resolve().parents[2]
+DEFAULTS = yaml.safe_load((REPO / "roles/scipion/defaults/main.yml").read_text())
+PLUGINS = DEFAULTS["scipion_plugins"]
+SCIPION = "/opt/scipion/scipion3"
+
+# pyworkflow's own parsing and %-formatting of hosts.conf, run inside the root with Scipion's Python.
+RENDER = """
+import json, sys
+from pyworkflow.protocol.hosts import HostConfig
+host = HostConfig.load(sys.argv[1])["localhost"]
+queues = host.queueSystem
+with open(sys.argv[2]) as f:
+    protocol = json.load(f)
+queue_name, queue_params = next(iter(queues.queues.items()))
+# Protocol.getSubmitDict(): the protocol's values updated with the queue parameters the user kept ...
+protocol_dict = dict(protocol, JOB_QUEUE=queue_name)
+protocol_dict.update({name: default for name, default, *_ in queue_params})
+# ... and launch._launchLocal(): QUEUES_DEFAULT, then the protocol's dict, then JOB_COMMAND.
+submit = dict(queues.queuesDefault)
+submit.update(protocol_dict)
+submit["JOB_COMMAND"] = protocol["JOB_COMMAND"]
+with open(sys.argv[3], "w") as f:
+    json.dump({"script": host.getSubmitTemplate() % submit, "submit": host.getSubmitCommand() % submit,
+               "queues": list(queues.queues), "name": queues.name.get()}, f)
+"""
+
+
+def scipion_play(root: Path, repo) -> rootfs.PlaybookResult:
+    extra = {"test_repo_url": repo.url, "test_repo_key": repo.key_url}
+    return rootfs.run_playbook(
+        root,
+        REPO / "tests/roles/scipion.yml",
+        extra_vars=extra,
+        env={"ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=1500,
+    )
+
+
+def as_user(root: Path, *argv: str) -> subprocess.CompletedProcess:
+    return rootfs.run_in_root(root, "runuser", "-u", "ubuntu", "--", *argv, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def scipion_root(tmp_path_factory, rootfs_tarball, vendor_apt_repo):
+    parent = tmp_path_factory.mktemp("scipion-role")
+    with rootfs.disposable(parent, rootfs_tarball) as root:
+        first = scipion_play(root, vendor_apt_repo)
+        second = scipion_play(root, vendor_apt_repo) if first.rc == 0 else None
+        yield root, first, second
+
+
+def test_role_installs_and_a_second_run_changes_nothing(scipion_root):
+    _, first, second = scipion_root
+    assert first.rc == 0, first.summary()
+    assert "scipion : Install Scipion with scipion-installer (venv)" in first.changed_tasks
+    assert second is not None and second.rc == 0, second.summary() if second else "first run failed"
+    assert second.changed == 0, second.summary()
+
+
+def test_printenv_works_and_carries_the_cuda_settings(scipion_root):
+    root, _, _ = scipion_root
+    result = as_user(root, SCIPION, "printenv")
+    assert result.returncode == 0, result.stderr
+    assert 'SCIPION_HOME="/opt/scipion"' in result.stdout
+    assert 'CUDA_BIN="/usr/local/cuda/bin"' in result.stdout
+    assert 'RELION_CUDA_LIB="/usr/local/cuda/lib64"' in result.stdout
+
+
+def test_every_configured_plugin_imports_at_its_pinned_version(scipion_root):
+    root, _, _ = scipion_root
+    modules = [p["module"] for p in PLUGINS]
+    code = f"import {', '.join(modules)}; print(len([{', '.join(modules)}]))"
+    result = as_user(root, SCIPION, "python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(len(PLUGINS))
+    listing = rootfs.run_in_root(root, "/opt/scipion/.scipion3/bin/pip", "list", "--format", "json").stdout
+    installed = {p["name"].lower(): p["version"] for p in json.loads(listing)}
+    for plugin in PLUGINS:
+        assert installed.get(plugin["name"]) == plugin["version"], plugin
+    for name, version in DEFAULTS["scipion_core_packages"].items():
+        assert installed.get(name) == version, name
+
+
+def test_scipion_conf_points_at_the_cuda_role_toolkit(scipion_root):
+    root, _, _ = scipion_root
+    conf = configparser.RawConfigParser()
+    conf.optionxform = str
+    conf.read(root / "opt/scipion/config/scipion.conf")
+    assert conf["PYWORKFLOW"]["CUDA_BIN"] == "/usr/local/cuda/bin"
+    assert conf["PYWORKFLOW"]["CUDA_LIB"] == "/usr/local/cuda/lib64"
+    assert conf["PYWORKFLOW"]["SCIPION_NOTIFY"] == "False"
+    for key in ("RELION_CUDA_LIB", "MOTIONCOR_CUDA_LIB", "XMIPP_CUDA_LIB", "RESMAP_CUDA_LIB"):
+        assert conf["PLUGINS"][key] == "/usr/local/cuda/lib64", key
+    # the path resolves, through update-alternatives, to the toolkit the cuda role installed
+    resolved = rootfs.run_in_root(root, "readlink", "-f", "/usr/local/cuda/lib64").stdout.strip()
+    assert resolved == "/usr/local/cuda-12.6/targets/x86_64-linux/lib"
+
+
+def test_desktop_user_owns_the_writable_parts(scipion_root):
+    root, _, _ = scipion_root
+    for path in (
+        "/opt/scipion/config/scipion.conf",
+        "/opt/scipion/config/hosts.conf",
+        "/opt/scipion/software/em",
+    ):
+        owner = rootfs.run_in_root(root, "stat", "-c", "%U", path).stdout.strip()
+        assert owner == "ubuntu", path
+    # the plugin manager writes there as the desktop user
+    assert as_user(root, "touch", "/opt/scipion/software/em/.writable").returncode == 0
+
+
+def test_launcher_uses_the_data_volume_and_virtualgl(scipion_root):
+    root, _, _ = scipion_root
+    desktop = (root / "usr/share/applications/scipion.desktop").read_text()
+    assert "Exec=/opt/scipion/scipion-desktop" in desktop
+    assert "Icon=/opt/scipion/.scipion3/" in desktop and desktop.rstrip().endswith("Education;")
+    # VirtualGL from the vendor repository (already a source of the root through the cuda role)
+    install = rootfs.run_in_root(root, "apt-get", "install", "-y", "-q", "virtualgl", timeout=300)
+    assert install.returncode == 0, install.stderr
+    script = (
+        f"mount -t tmpfs -o mode=1777 tmpfs {root}/data && "
+        f"chroot {root} runuser -u ubuntu -- env DISPLAY=:1 /opt/scipion/scipion-desktop run env"
+    )
+    (root / "data").mkdir(exist_ok=True)
+    run = subprocess.run(rootfs.in_namespace(root, ["sh", "-c", script]), capture_output=True, text=True,
+                         timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "SCIPION_USER_DATA=/data/ScipionUserData" in run.stdout
+    assert "VGL_ISACTIVE=1" in run.stdout
+    # without the volume: the default ~/ScipionUserData, and no vglrun without a display
+    plain = as_user(root, "/opt/scipion/scipion-desktop", "run", "env")
+    assert "SCIPION_USER_DATA=/data" not in plain.stdout and "VGL_ISACTIVE" not in plain.stdout
+
+
+def test_slurm_queue_template_runs_a_job_as_scipion_submits_it(scipion_root, tmp_path):
+    root, _, _ = scipion_root
+    tmp_path.chmod(0o755)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    result = tmp_path / "result.txt"
+    protocol = {  # what Protocol.getSubmitDict() gives for a 1-MPI, 2-thread, 1-GPU run
+        "JOB_NAME": "42",
+        "JOB_NODES": 1,
+        "JOB_THREADS": 2,
+        "JOB_CORES": 2,
+        "JOB_HOURS": 72,
+        "GPU_COUNT": 1,
+        "QUEUE_FOR_JOBS": "N",
+        "PLUGIN_MODULE": "relion",
+        "SCIPION_PROJECT": "TestProject",
+        "SCIPION_PROTOCOL": "ProtRelionClassify2D",
+        "JOB_SCRIPT": str(logs / "scipion42.job"),
+        "JOB_LOGS": str(logs / "scipion42"),
+        "JOB_NODEFILE": str(logs / "scipion42.nodefile"),
+        "JOB_COMMAND": "echo scipion-job-ok cpus=$SLURM_CPUS_PER_TASK tasks=$SLURM_NTASKS > " + str(result),
+    }
+    (root / "tmp/render.py").write_text(RENDER)
+    (root / "tmp/protocol.json").write_text(json.dumps(protocol))
+    rendered = as_user(root, SCIPION, "python", "/tmp/render.py", "/opt/scipion/config/hosts.conf",
+                       "/tmp/protocol.json", "/tmp/rendered.json")  # fmt: skip
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    job = json.loads((root / "tmp/rendered.json").read_text())
+    assert job["name"] == "SLURM" and job["queues"] == ["gpu"]
+    script = Path(protocol["JOB_SCRIPT"])
+    script.write_text(job["script"])
+    assert "#SBATCH --gres=gpu:1" in job["script"] and "#SBATCH --mem=500" in job["script"]
+    assert shlex.split(job["submit"]) == ["sbatch", str(script)]
+
+    with LocalSlurm(tmp_path / "slurm") as cluster:
+        job_id = cluster.sbatch(script)
+        state = cluster.wait(job_id)
+        assert state == "COMPLETED", cluster.logs()
+        details = cluster.run("scontrol", "show", "job", job_id).stdout
+    assert "scipion-job-ok cpus=2 tasks=1" in (tmp_path / "result.txt").read_text()
+    out = Path(protocol["JOB_LOGS"] + ".out").read_text()
+    assert f"Job {job_id} on " in out and "GPUs: 0" in out
+    assert Path(protocol["JOB_NODEFILE"]).read_text().strip() == NODE
+    assert "JobName=42" in details and "TimeLimit=01:00:00" in details and "MinMemoryNode=500M" in details

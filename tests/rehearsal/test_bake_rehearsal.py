@@ -1,0 +1,155 @@
+"""The whole bake, offline: the real `scipioncloud bake` drives real Packer (amazon-ebs against a moto EC2
+server on 127.0.0.1) whose real Ansible provisioner runs the real roles over SSH inside a disposable Debian 12
+root filesystem (tests/support/sshd_target.py). Only the EC2 endpoint, the SSH target and verify_gpu (no GPU
+here) are overridden."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.conftest import REPO
+from tests.support import hygiene, rootfs, sshd_target
+from tests.support.moto_server import CANONICAL
+
+pytestmark = [pytest.mark.rehearsal, pytest.mark.root]
+IMAGE = "scipion-desktop"
+HOME_REGION, COPY_REGION = "eu-west-1", "us-east-1"
+
+
+def host_fingerprint() -> dict[str, str]:
+    """What a role run on the wrong machine would change first."""
+    paths = [
+        *map(Path, ["/etc/machine-id", "/etc/localtime", "/etc/timezone", "/etc/passwd"]),
+        *sorted(Path("/etc/ssh").glob("ssh_host_*")),
+        *sorted(Path("/etc/apt/apt.conf.d").glob("*")),
+    ]
+    found = {}
+    for path in paths:
+        try:
+            found[str(path)] = (
+                os.readlink(path) if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+            )
+        except OSError:
+            found[str(path)] = "missing"
+    for path in ("/opt/scipioncloud", "/etc/scipioncloud", "/etc/systemd/system/scipioncloud-agent.service"):
+        found[path] = str(Path(path).exists())
+    return found
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory, moto_server, rootfs_tarball):
+    """One full bake; yields everything the tests look at."""
+    moto_server.reset()
+    work = tmp_path_factory.mktemp("rehearsal")
+    before = host_fingerprint()
+    timings = {}
+    with rootfs.disposable(work, rootfs_tarball) as root:
+        target = sshd_target.start(root, work / "sshd")
+        try:
+            env = {**os.environ, **moto_server.env(HOME_REGION)}
+            env.pop("AWS_PROFILE", None)
+            argv = [
+                str(Path(sys.executable).parent / "scipioncloud"), "bake", IMAGE,
+                "--region", HOME_REGION, "--copy-to", COPY_REGION, "--out", str(work / "build"),
+                "--var", f"custom_endpoint_ec2={moto_server.url}", "--var", "skip_aws_checks=true",
+                "--var", "ssh_host=127.0.0.1", "--var", f"ssh_port={target.port}",
+                "--var", "verify_gpu=false",
+            ]  # fmt: skip
+            started = time.monotonic()
+            bake = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+            timings["bake_s"] = time.monotonic() - started
+        finally:
+            target.stop()
+        records = sorted((work / "build").glob(f"{IMAGE}-*[0-9].json"))
+        record = json.loads(records[-1].read_text()) if records else {}
+        audit = hygiene.audit(root)
+        wheel = next((work / "build/dist").glob("scipioncloud-*.whl"), None)
+        started = time.monotonic()
+        again = rootfs.run_playbook(
+            root,
+            REPO / "roles/site.yml",
+            vars_files=[REPO / "images" / f"{IMAGE}.yml"],
+            extra_vars={"agent_wheel": str(wheel)},
+        )
+        timings["second_run_s"] = time.monotonic() - started
+        yield {"bake": bake, "record": record, "audit": audit, "again": again, "root_log": target.log()}
+    timings["total_s"] = sum(timings.values())
+    print(f"\nrehearsal timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    assert host_fingerprint() == before, "the rehearsal changed the machine running it"
+
+
+def test_bake_succeeds_and_names_the_amis(rehearsal):
+    bake, record = rehearsal["bake"], rehearsal["record"]
+    assert bake.returncode == 0, bake.stdout[-6000:] + bake.stderr[-3000:]
+    amis = record["amis"]
+    assert set(amis) == {HOME_REGION, COPY_REGION}
+    for region, ami in amis.items():
+        assert ami.startswith("ami-")
+        assert ami in bake.stdout and region in bake.stdout  # the summary table
+    assert (
+        record["manifest"]["artifact_id"]
+        == f"{HOME_REGION}:{amis[HOME_REGION]},{COPY_REGION}:{amis[COPY_REGION]}"
+    )
+    assert record["manifest"]["custom_data"]["image"] == IMAGE
+    assert Path(record["packer_log"]).exists()
+    # the real roles ran through Packer's ansible provisioner, then the in-image verification
+    log = Path(record["packer_log"]).read_text()
+    assert "agent : Install the package into its venv" in log
+    assert "reboot-if-required: systemd did not boot this root (chroot?), never rebooting from here" in log
+    assert "verify-image: scipion-desktop verified" in log
+    assert "sysprep : Assert the image holds no keys, ids or secrets" in log
+
+
+def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server):
+    record = rehearsal["record"]
+    assert record, rehearsal["bake"].stderr[-3000:]
+    for region, ami in record["amis"].items():
+        ec2 = boto3.client("ec2", region_name=region, **_moto_client_args(moto_server))
+        (image,) = ec2.describe_images(ImageIds=[ami])["Images"]
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+        assert tags["scipioncloud:image"] == IMAGE, tags
+        assert tags["scipioncloud:version"] == "0.1.0"
+        assert tags["scipioncloud:git"] == record["git_revision"] != "unknown"
+        assert tags["scipioncloud:ubuntu"] == "22.04"
+        assert tags["scipioncloud:scipioncloud"] == record["component_versions"]["scipioncloud"]
+        base = ec2.describe_images(ImageIds=[tags["scipioncloud:base-ami"]])["Images"][0]
+        assert base["OwnerId"] == CANONICAL and "jammy-22.04" in base["Name"]
+        assert image["Name"].startswith(f"{IMAGE}-0.1.0-ubuntu-22.04-")
+        snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
+        assert snapshots, image["BlockDeviceMappings"]
+        for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
+            snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
+            assert snap_tags.get("scipioncloud:git") == record["git_revision"], (region, snap_tags)
+    # ModifyImageAttribute(ImdsSupport) was accepted; moto does not report it back (see docs/bake.md)
+    assert set(record["imds_support"]) == {HOME_REGION, COPY_REGION}
+    assert all(not v.startswith("failed") for v in record["imds_support"].values()), record["imds_support"]
+
+
+def test_image_passes_the_hygiene_audit(rehearsal):
+    assert rehearsal["bake"].returncode == 0
+    assert rehearsal["audit"] == []
+
+
+def test_second_ansible_run_changes_nothing(rehearsal):
+    again = rehearsal["again"]
+    assert again.rc == 0, again.summary()
+    assert again.changed == 0, again.summary()
+
+
+def _moto_client_args(moto_server) -> dict:
+    env = moto_server.env()
+    return {
+        "endpoint_url": env["AWS_ENDPOINT_URL"],
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "aws_session_token": env["AWS_SESSION_TOKEN"],
+    }
