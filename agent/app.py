@@ -13,7 +13,15 @@ from agent.token import ensure_token
 
 # Each module holds `bp` (a Blueprint), `OPENAPI` (its paths) and may hold `init_app(app, config)`,
 # which attaches its state and background services.
-CAPABILITIES = ("agent.health", "agent.gpus", "agent.host", "agent.idle", "agent.volumes", "agent.metrics")
+CAPABILITIES = (
+    "agent.health",
+    "agent.gpus",
+    "agent.host",
+    "agent.idle",
+    "agent.volumes",
+    "agent.desktop",
+    "agent.metrics",
+)
 
 
 def create_app(config: Config | None = None, *, token: str | None = None) -> Flask:

@@ -71,6 +71,22 @@ class DesktopConfig:
     user: str = "ubuntu"
     display: int = 1
     vnc: str = "turbovnc"
+    # Who keeps the session alive: systemd (the role's unit) or the agent itself; auto = systemd when it is
+    # PID 1 (containers and tests have no systemd).
+    manager: str = "auto"
+    unit: str = "scipioncloud-desktop.service"
+    session_script: Path = Path("/usr/local/libexec/scipioncloud/desktop-session")
+    env_file: Path = Path("/etc/scipioncloud/desktop.env")
+    port: int = 0  # 0: 5900 + display
+    passwd_file: Path = Path("~/.vnc/passwd")  # "~": the desktop user's home
+    htpasswd_file: Path = Path("/etc/scipioncloud/desktop.htpasswd")
+    info_file: Path = Path("/root/scipioncloud-desktop.txt")
+    websockify: str = "127.0.0.1:6080"
+    start_timeout_s: float = 30.0
+
+    @property
+    def vnc_port(self) -> int:
+        return self.port or 5900 + self.display
 
 
 @dataclass(frozen=True)
@@ -91,7 +107,11 @@ class Config:
         return split_bind(self.server.bind)[1]
 
 
-CHOICES = {("idle", "action"): ("none", "poweroff"), ("desktop", "vnc"): ("turbovnc", "tigervnc")}
+CHOICES = {
+    ("idle", "action"): ("none", "poweroff"),
+    ("desktop", "vnc"): ("turbovnc", "tigervnc"),
+    ("desktop", "manager"): ("auto", "systemd", "agent"),
+}
 
 
 def split_bind(bind: str) -> tuple[str, int]:

@@ -189,6 +189,27 @@ def vendor_apt_repo(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def turbovnc_apt_repo(tmp_path_factory):
+    """TurboVNC's repository layout (suite "any", component "main"), signed with its own key, on 127.0.0.1:
+    the stand-in for TurboVNC's official apt repository."""
+    from tests.support.aptrepo import FakeVendorAptRepo, turbovnc_packages
+
+    repo = FakeVendorAptRepo.build(tmp_path_factory.mktemp("turbovnc-repo"), turbovnc_packages(), suite="any")
+    yield repo
+    repo.stop()
+
+
+@pytest.fixture(scope="session")
+def virtualgl_apt_repo(tmp_path_factory):
+    """VirtualGL's: a second repository with its own key, as upstream."""
+    from tests.support.aptrepo import FakeVendorAptRepo, virtualgl_packages
+
+    repo = FakeVendorAptRepo.build(tmp_path_factory.mktemp("virtualgl-repo"), virtualgl_packages(), suite="any")
+    yield repo
+    repo.stop()
+
+
+@pytest.fixture(scope="session")
 def rootfs_tarball() -> Path:
     """The cached Debian 12 root filesystem tarball (debootstrap builds it on first use; see
     tests/support/rootfs.py for extracting a disposable copy and running playbooks in it)."""

@@ -3,7 +3,8 @@ server on 127.0.0.1) whose real Ansible provisioner runs the real roles over SSH
 root filesystem (tests/support/sshd_target.py). Only the EC2 endpoint, the SSH target, verify_gpu (no GPU
 here) and, through the template's `ansible_overrides_file`, the vendor repositories (NVIDIA's CUDA repository
 -> the local signed stand-in on 127.0.0.1) and Scipion's plugin binaries (off: their sources are not
-reachable here) are overridden."""
+reachable here) are overridden, as are TurboVNC's and VirtualGL's repositories (local signed stand-ins) and
+the two desktop steps that need systemd or a GPU device."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def host_fingerprint() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo):
+def rehearsal(tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo, turbovnc_apt_repo, virtualgl_apt_repo):
     """One full bake; yields everything the tests look at."""
     moto_server.reset()
     work = tmp_path_factory.mktemp("rehearsal")
@@ -61,6 +62,12 @@ def rehearsal(tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo):
                 "cuda_repo_url": vendor_apt_repo.url,
                 "cuda_repo_key": vendor_apt_repo.key_url,
                 "scipion_plugin_binaries": False,
+                "desktop_turbovnc_repo_url": turbovnc_apt_repo.url,
+                "desktop_turbovnc_repo_key_url": turbovnc_apt_repo.key_url,
+                "desktop_virtualgl_repo_url": virtualgl_apt_repo.url,
+                "desktop_virtualgl_repo_key_url": virtualgl_apt_repo.key_url,
+                "desktop_service_manage": False,  # the build root is a chroot: no systemd to ask
+                "desktop_vgl_configure": False,  # no GPU device to hand to vglusers
             }
         )
     )

@@ -1,0 +1,135 @@
+"""The role's first-boot script for real (openssl, tigervncpasswd), with EC2's metadata service replaced
+by a local IMDSv2 stand-in, and the role's units checked by systemd-analyze."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.support.desktop import ROLE, DesktopStack, render
+
+pytestmark = pytest.mark.integration
+
+
+class FakeImds(ThreadingHTTPServer):
+    """IMDSv2 on 127.0.0.1: a PUT for the token, then GETs that must carry it."""
+
+    TOKEN = "imds-token-123"
+
+    def __init__(self, meta: dict[str, str]) -> None:
+        self.meta = meta
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: str = "") -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def do_PUT(self):
+                ok = self.path == "/latest/api/token" and self.headers.get(
+                    "X-aws-ec2-metadata-token-ttl-seconds"
+                )
+                self._send(200, server.TOKEN) if ok else self._send(400)
+
+            def do_GET(self):
+                if self.headers.get("X-aws-ec2-metadata-token") != server.TOKEN:
+                    return self._send(401)
+                key = self.path.removeprefix("/latest/meta-data/")
+                return self._send(200, server.meta[key]) if key in server.meta else self._send(404)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def imds():
+    server = FakeImds({"public-hostname": "ec2-3-4-5-6.compute.amazonaws.com", "public-ipv4": "3.4.5.6"})
+    server.thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def cert_names(path) -> set[str]:
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(path), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return set(re.findall(r"(?:DNS|IP Address):([^,\s]+)", text))
+
+
+def test_first_boot_uses_the_instance_names_and_renews_when_they_change(tmp_path, imds):
+    stack = DesktopStack(tmp_path)
+    stack.vars["desktop_imds_url"] = imds.url
+    stack.vars["desktop_https_port"] = 443
+    result = stack.firstboot()
+    console = (tmp_path / "console").read_text()
+    line = console.strip().splitlines()[-1]
+    assert (
+        line
+        == f"SCIPIONCLOUD-DESKTOP url=https://ec2-3-4-5-6.compute.amazonaws.com/ password={stack.password}"
+    )
+    assert stack.password not in result.stdout + result.stderr
+    crt = tmp_path / "tls" / "desktop.crt"
+    assert {"ec2-3-4-5-6.compute.amazonaws.com", "3.4.5.6", "127.0.0.1"} <= cert_names(crt)
+    assert stat.S_IMODE((tmp_path / "tls" / "desktop.key").stat().st_mode) == 0o600
+    include = (tmp_path / "agent-auth.conf").read_text()
+    assert (
+        include
+        == f'proxy_set_header Authorization "Bearer {(tmp_path / "agent.token").read_text().strip()}";\n'
+    )
+
+    first_password, first_key = stack.password, (tmp_path / "tls" / "desktop.key").read_bytes()
+    stack.firstboot()  # a reboot with the same names changes nothing
+    assert (tmp_path / "tls" / "desktop.key").read_bytes() == first_key
+
+    imds.meta.update({"public-hostname": "ec2-7-7-7-7.compute.amazonaws.com", "public-ipv4": "7.7.7.7"})
+    stack.firstboot()  # stopped and started: new public IP, same password, new certificate
+    assert stack.password == first_password
+    assert {"ec2-7-7-7-7.compute.amazonaws.com", "7.7.7.7"} <= cert_names(crt)
+    assert "3.4.5.6" not in cert_names(crt)
+    assert "url=https://ec2-7-7-7-7.compute.amazonaws.com/" in (tmp_path / "console").read_text()
+
+
+def test_first_boot_settings_render_as_json(tmp_path):
+    stack = DesktopStack(tmp_path)
+    data = json.loads(render("desktop-firstboot.json.j2", stack.vars, tmp_path / "fb.json").read_text())
+    assert data["vncpasswd"] == "/usr/bin/tigervncpasswd" and data["https_port"] == stack.https_port
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_units_verify(tmp_path):
+    import getpass
+
+    libexec = tmp_path / "libexec"
+    libexec.mkdir()
+    (libexec / "desktop-session").symlink_to(ROLE / "files" / "scipioncloud-desktop-session")
+    (libexec / "desktop-firstboot").symlink_to(ROLE / "files" / "scipioncloud-desktop-firstboot")
+    stack = DesktopStack(tmp_path)
+    stack.vars.update(desktop_libexec_dir=str(libexec), desktop_user=getpass.getuser())
+    units = [
+        render(f"{name}.service.j2", stack.vars, tmp_path / f"{name}.service")
+        for name in ("scipioncloud-desktop", "scipioncloud-websockify", "scipioncloud-desktop-firstboot")
+    ]
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines() if "scipioncloud" in line]
+    assert result.returncode == 0 and not problems, result.stderr
+    desktop = units[0].read_text()
+    assert "Restart=always" in desktop and "StartLimitIntervalSec=0" in desktop

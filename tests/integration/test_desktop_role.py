@@ -1,0 +1,113 @@
+"""roles/desktop for real inside the disposable Debian 12 root filesystem, with TurboVNC and VirtualGL from
+the local signed vendor apt repository (their real package names), then sysprep: a second run changes
+nothing and the image holds no VNC password, TLS key or token."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tests.conftest import REPO
+from tests.support import hygiene, rootfs
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+PLAYBOOK = REPO / "tests/roles/desktop.yml"
+ROLE = REPO / "roles/desktop"
+SECRETS = [
+    "home/ubuntu/.vnc/passwd",
+    "etc/scipioncloud/desktop.htpasswd",
+    "etc/scipioncloud/tls/desktop.key",
+    "etc/scipioncloud/tls/desktop.crt",
+    "root/scipioncloud-desktop.txt",
+    "etc/nginx/scipioncloud-agent-auth.conf",
+    "etc/scipioncloud/agent.token",
+]
+
+
+@pytest.fixture(scope="module")
+def vnc_repo(turbovnc_apt_repo):
+    return turbovnc_apt_repo
+
+
+@pytest.fixture(scope="module")
+def vgl_repo(virtualgl_apt_repo):
+    return virtualgl_apt_repo
+
+
+@pytest.fixture(scope="module")
+def provisioned(tmp_path_factory, rootfs_tarball, vnc_repo, vgl_repo):
+    with rootfs.disposable(tmp_path_factory.mktemp("desktop-role"), rootfs_tarball) as root:
+        extra = {
+            "test_turbovnc_url": vnc_repo.url,
+            "test_turbovnc_key": vnc_repo.key_url,
+            "test_virtualgl_url": vgl_repo.url,
+            "test_virtualgl_key": vgl_repo.key_url,
+        }
+        env = {"ANSIBLE_ROLES_PATH": str(REPO / "roles")}
+        first = rootfs.run_playbook(root, PLAYBOOK, extra_vars=extra, env=env)
+        second = rootfs.run_playbook(root, PLAYBOOK, extra_vars=extra, env=env) if first.rc == 0 else None
+        yield root, first, second
+
+
+def test_role_installs_the_desktop(provisioned, vnc_repo):
+    root, first, _ = provisioned
+    assert first.rc == 0, first.summary()
+    # TurboVNC and VirtualGL came from the vendor repository, pinned
+    assert (root / "opt/TurboVNC/bin/Xvnc").exists() and (root / "opt/VirtualGL/bin/vglrun").exists()
+    assert any("turbovnc_3.1.2" in line for line in vnc_repo.requests), vnc_repo.requests
+    assert "Pin: version 3.1.2" in (root / "etc/apt/preferences.d/scipioncloud-turbovnc").read_text()
+    assert vnc_repo.url in (root / "etc/apt/sources.list.d/turbovnc.sources").read_text()
+    status = rootfs.run_in_root(root, "dpkg-query", "-W", "-f=${Version}", "turbovnc")
+    assert status.stdout == "3.1.2"
+    # the session script is the role's file; its settings point at TurboVNC's Xvnc on localhost
+    session = root / "usr/local/libexec/scipioncloud/desktop-session"
+    assert session.read_bytes() == (ROLE / "files/scipioncloud-desktop-session").read_bytes()
+    assert os.access(session, os.X_OK)
+    env = (root / "etc/scipioncloud/desktop.env").read_text()
+    assert "DESKTOP_XVNC=/opt/TurboVNC/bin/Xvnc" in env and "-localhost" in env
+    assert "DESKTOP_VNC_PORT=5901" in env and 'DESKTOP_SESSION_CMD="startxfce4"' in env
+    # desktop and web pieces from the distribution
+    for binary in ("usr/bin/startxfce4", "usr/bin/websockify", "usr/sbin/nginx", "usr/share/novnc/vnc.html"):
+        assert (root / binary).exists(), binary
+    assert not (root / "usr/bin/light-locker").exists() and not (root / "usr/bin/xscreensaver").exists()
+    assert (root / "etc/xdg/autostart/light-locker.desktop").read_text().count("Hidden=true") == 1
+    # units enabled at boot by their symlinks (no systemd in a chroot)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("scipioncloud-desktop", "scipioncloud-websockify", "scipioncloud-desktop-firstboot"):
+        assert os.readlink(wants / f"{unit}.service") == f"/etc/systemd/system/{unit}.service"
+    # nginx serves our site instead of the default one
+    assert (root / "etc/nginx/sites-enabled/scipioncloud-desktop").is_symlink()
+    assert not (root / "etc/nginx/sites-enabled/default").exists()
+    assert "proxy_read_timeout 1d;" in (root / "etc/nginx/sites-available/scipioncloud-desktop").read_text()
+    # launchers, and the desktop user may run only the log-out helper as root
+    assert (root / "home/ubuntu/Desktop/scipioncloud-logout.desktop").exists()
+    scipion = root / "home/ubuntu/Desktop/scipion.desktop"
+    assert os.readlink(scipion) == "/usr/share/applications/scipion.desktop"  # role scipion's launcher
+    assert "VGL_DISPLAY=egl" in env
+    sudoers = root / "etc/sudoers.d/scipioncloud-desktop"
+    assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440
+    assert "NOPASSWD: /usr/local/libexec/scipioncloud/desktop-logout" in sudoers.read_text()
+    # no secret at build time
+    assert [s for s in SECRETS if (root / s).exists()] == []
+
+
+def test_second_run_changes_nothing(provisioned):
+    _, first, second = provisioned
+    assert first.rc == 0, first.summary()
+    assert second is not None and second.rc == 0 and second.changed == 0, second.summary()
+
+
+def test_image_holds_no_desktop_secret_after_sysprep(provisioned):
+    root, first, _ = provisioned
+    assert first.rc == 0, first.summary()
+    # As if the image had booted once during the bake: secrets exist, then sysprep must remove them.
+    for secret in SECRETS:
+        path = root / secret
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("made at first boot\n")
+    cleaned = rootfs.run_playbook(root, REPO / "roles/sysprep.yml")
+    assert cleaned.rc == 0, cleaned.summary()
+    assert [s for s in SECRETS if (root / s).exists()] == []
+    assert hygiene.audit(root) == []
