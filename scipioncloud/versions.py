@@ -28,29 +28,61 @@ def image_vars(repo: Path, image: str) -> dict[str, str]:
     return dict(_HCL_STRING.findall((repo / "images" / f"{image}.pkrvars.hcl").read_text()))
 
 
+def image_ansible_vars(repo: Path, image: str) -> dict:
+    return yaml.safe_load((repo / "images" / f"{image}.yml").read_text()) or {}
+
+
 def image_roles(repo: Path, image: str) -> list[str]:
-    data = yaml.safe_load((repo / "images" / f"{image}.yml").read_text()) or {}
-    return list(data.get("scipioncloud_roles", []))
+    return list(image_ansible_vars(repo, image).get("scipioncloud_roles", []))
+
+
+def _is_named_pin(value: object) -> bool:
+    return isinstance(value, dict) and {"name", "version"} <= value.keys()
+
+
+def pins(data: dict) -> dict[str, str]:
+    """The pins among Ansible vars: scalar `*_version`/`*_branch`, lists `*_versions` (space-joined, as AMI
+    tag values allow), name->version maps (`*_packages`) and lists of {name, version} (`scipion_plugins`).
+    Unset pins ("") and templated values are left out."""
+    found: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, (str, int, float)) and key.endswith(("_version", "_branch")):
+            if str(value) and "{{" not in str(value):
+                found[key] = str(value)
+        elif isinstance(value, list) and key.endswith("_versions") and all(isinstance(v, str) for v in value):
+            found[key] = " ".join(value)
+        elif isinstance(value, dict) and key.endswith("_packages"):
+            found.update({name: str(v) for name, v in value.items() if isinstance(v, (str, int, float))})
+        elif isinstance(value, list) and value and all(_is_named_pin(v) for v in value):
+            found.update({v["name"]: str(v["version"]) for v in value})
+    return found
 
 
 def role_versions(repo: Path, role: str) -> dict[str, str]:
     defaults = repo / "roles" / role / "defaults" / "main.yml"
     if not defaults.exists():
         return {}
-    data = yaml.safe_load(defaults.read_text()) or {}
-    return {
-        k: str(v)
-        for k, v in data.items()
-        if k.endswith("_version") and isinstance(v, (str, int, float)) and "{{" not in str(v)
-    }
+    return pins(yaml.safe_load(defaults.read_text()) or {})
+
+
+def role_pins_for_image(repo: Path, image: str) -> dict[str, tuple[str, str]]:
+    """Name -> (version, where pinned) for the image's roles: role defaults, overridden by image vars."""
+    overrides = pins(image_ansible_vars(repo, image))
+    found: dict[str, tuple[str, str]] = {}
+    for role in image_roles(repo, image):
+        for name, version in role_versions(repo, role).items():
+            if name in overrides:
+                found[name] = (overrides[name], f"images/{image}.yml")
+            else:
+                found[name] = (version, f"roles/{role}/defaults/main.yml")
+    return found
 
 
 def component_versions(repo: Path, image: str) -> dict[str, str]:
     """Name -> version of everything pinned that goes into `image`, for its AMI tags."""
     found = {"scipioncloud": __version__}
     found.update(image_vars(repo, image))
-    for role in image_roles(repo, image):
-        found.update(role_versions(repo, role))
+    found.update({name: version for name, (version, _) in role_pins_for_image(repo, image).items()})
     return found
 
 
@@ -62,10 +94,11 @@ def markdown_table(repo: Path) -> str:
     for image in images:
         for name, version in image_vars(repo, image).items():
             rows.setdefault(name, {"pinned": "images/*.pkrvars.hcl", "values": {}})["values"][image] = version
-        for role in image_roles(repo, image):
-            for name, version in role_versions(repo, role).items():
-                row = rows.setdefault(name, {"pinned": f"roles/{role}/defaults/main.yml", "values": {}})
-                row["values"][image] = version
+        for name, (version, where) in role_pins_for_image(repo, image).items():
+            row = rows.setdefault(name, {"pinned": where, "values": {}})
+            if where.startswith("images/"):
+                row["pinned"] = "role defaults, images/*.yml"
+            row["values"][image] = version
     lines = [
         "# Pinned versions",
         "",

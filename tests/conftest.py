@@ -204,7 +204,8 @@ def virtualgl_apt_repo(tmp_path_factory):
     """VirtualGL's: a second repository with its own key, as upstream."""
     from tests.support.aptrepo import FakeVendorAptRepo, virtualgl_packages
 
-    repo = FakeVendorAptRepo.build(tmp_path_factory.mktemp("virtualgl-repo"), virtualgl_packages(), suite="any")
+    folder = tmp_path_factory.mktemp("virtualgl-repo")
+    repo = FakeVendorAptRepo.build(folder, virtualgl_packages(), suite="any")
     yield repo
     repo.stop()
 

@@ -49,7 +49,9 @@ def host_fingerprint() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo, turbovnc_apt_repo, virtualgl_apt_repo):
+def rehearsal(
+    tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo, turbovnc_apt_repo, virtualgl_apt_repo
+):
     """One full bake; yields everything the tests look at."""
     moto_server.reset()
     work = tmp_path_factory.mktemp("rehearsal")
