@@ -67,8 +67,7 @@ class GpuSampler:
         self._last: nvml.Sweep | None = None
         self._last_at: float | None = None  # time.monotonic() of the last finished sweep
         self._in_flight_since: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = services.Periodic("gpu-sampler", self.interval_s, self.sample_now, immediately=True)
         self._first = threading.Event()
 
     def sample_now(self) -> nvml.Sweep:
@@ -87,22 +86,12 @@ class GpuSampler:
         self._first.set()
         return sweep
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample_now()
-            self._stop.wait(self.interval_s)
-
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="gpu-sampler", daemon=True)
-        self._thread.start()
+        self._loop.start()
         self._first.wait(self.call_timeout_s)  # serve the first request with data when NVML is quick
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.call_timeout_s)  # a thread stuck in the driver is a daemon: left behind
-            self._thread = None
+        self._loop.stop(self.call_timeout_s)
 
     def report(self) -> Report:
         now = time.monotonic()

@@ -151,25 +151,18 @@ class HostSampler:
     def __init__(self, meter: CpuMeter, identity: InstanceIdentity, interval_s: float) -> None:
         self.meter = meter
         self.identity = identity
-        self.interval_s = max(interval_s, 0.01)  # 0 in the config must not spin a core
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = services.Periodic("host-sampler", interval_s, meter.sample)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.meter.sample()
+    @property
+    def interval_s(self) -> float:
+        return self._loop.interval_s
 
     def start(self) -> None:
         self.identity.start()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="host-sampler", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._loop.stop()
 
 
 def sampler(app: Flask) -> HostSampler:

@@ -115,8 +115,7 @@ class IdleMonitor:
         self.action_ran_at: float | None = None
         self.action_result: str | None = None
         self.last: dict[str, Any] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = services.Periodic("idle-monitor", config.check_interval_s, self._check_logged)
 
     def _evaluate(self) -> list[tuple[str, Signal]]:
         results = []
@@ -184,23 +183,17 @@ class IdleMonitor:
             )
         log.warning("idle action %s: %s", command[0], self.action_result)
 
-    def _run(self) -> None:
-        while not self._stop.wait(max(self.config.check_interval_s, 0.01)):
-            try:
-                self.check()
-            except Exception:  # keep watching; the next check may succeed
-                log.exception("idle check failed")
+    def _check_logged(self) -> None:
+        try:
+            self.check()
+        except Exception:  # keep watching; the next check may succeed
+            log.exception("idle check failed")
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="idle-monitor", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._loop.stop()
 
 
 def monitor(app: Flask) -> IdleMonitor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Protocol
 
 from flask import Flask
@@ -36,3 +37,34 @@ def stop_all(app: Flask) -> None:
             service.stop()
         except Exception:  # one failing stop must not keep the others running
             log.exception("stopping %s failed", name)
+
+
+class Periodic:
+    """Calls `tick` every `interval_s` on a daemon thread until stopped; the loop every sampler shares.
+    `immediately` runs the first tick at start rather than one interval later."""
+
+    def __init__(self, name: str, interval_s: float, tick, *, immediately: bool = False) -> None:
+        self.name = name
+        self.interval_s = max(interval_s, 0.01)  # 0 in the config must not spin a core
+        self.tick = tick
+        self.immediately = immediately
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        if self.immediately:
+            self.tick()
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5) -> None:
+        """Stop; a thread stuck in a call (a wedged driver) is a daemon and is left behind after timeout_s."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
