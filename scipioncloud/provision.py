@@ -49,6 +49,19 @@ class ProvisionResult:
         }
 
 
+def split_host(host: str) -> tuple[str, int | None]:
+    """'ws1:2222' or '[fe80::1]:2222' -> (address, port); a bare name or address has no port."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", host) or re.fullmatch(
+        r"([A-Za-z0-9._-]+):(\d+)", host
+    )
+    if not match:
+        return host, None
+    port = int(match.group(2))
+    if not 0 < port < 65536:
+        raise BadInput(f"host {host!r}: port {port} is out of range")
+    return match.group(1), port
+
+
 def build_inventory(
     hosts: list[str], user: str, key_file: Path | None, connection: str = "ssh"
 ) -> dict[str, Any]:
@@ -56,14 +69,17 @@ def build_inventory(
         raise BadInput("name at least one host")
     entries = {}
     for host in hosts:
-        if not HOST_RE.match(host):
-            raise BadInput(f"host {host!r} is not a host name or address")
+        if not HOST_RE.match(host.replace("[", "").replace("]", "")):
+            raise BadInput(f"host {host!r} is not a host name or address (optionally with :PORT)")
+        address, port = split_host(host)
         entry: dict[str, Any] = {
-            "ansible_host": host,  # alias and address kept apart (a path-like name breaks the fact cache)
+            "ansible_host": address,  # alias and address kept apart (a path-like name breaks the fact cache)
             "ansible_user": user,
             "ansible_connection": connection,
             "ansible_python_interpreter": "/usr/bin/python3" if connection != "local" else sys.executable,
         }
+        if port is not None:
+            entry["ansible_port"] = port
         if key_file:
             entry["ansible_ssh_private_key_file"] = str(key_file)
         entries[host] = entry

@@ -34,7 +34,9 @@ def register(main: click.Group) -> None:
     "--connection", default="ssh", show_default=True, help="Ansible connection (local: this machine)."
 )
 def provision(run, hosts, image, user, key_file, playbook, vars_files, connection):
-    """Apply the ScipionCloud roles to existing Ubuntu machines with ansible-runner."""
+    """Apply the ScipionCloud roles to existing Ubuntu machines with ansible-runner.
+
+    HOSTS are names or addresses, each optionally with :PORT for SSH (ws1.lab.org:2222, [fe80::1]:22)."""
     out = run.out
 
     def on_task(task: str, play: str) -> None:

@@ -123,6 +123,27 @@ def test_provision_rejects_bad_input(tmp_path):
     assert result.exit_code == 2 and "pass --playbook" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("host", "address", "port"),
+    [
+        ("ws1.lab.org", "ws1.lab.org", None),
+        ("ws1.lab.org:2222", "ws1.lab.org", 2222),
+        ("10.0.0.5:22", "10.0.0.5", 22),
+        ("[fe80::1]:2200", "fe80::1", 2200),
+        ("fe80::1", "fe80::1", None),
+    ],
+)
+def test_hosts_may_name_an_ssh_port(host, address, port):
+    entry = provision.build_inventory([host], "ubuntu", None)["all"]["hosts"][host]
+    assert entry["ansible_host"] == address
+    assert entry.get("ansible_port") == port
+
+
+def test_out_of_range_port_is_refused():
+    with pytest.raises(BadInput, match="port 70000 is out of range"):
+        provision.build_inventory(["ws1:70000"], "ubuntu", None)
+
+
 def test_provision_passes_the_image_vars_file(tmp_path):
     (tmp_path / "roles").mkdir()
     (tmp_path / "images").mkdir()
