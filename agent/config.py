@@ -62,7 +62,7 @@ class IdleConfig:
     window_min: float = 30
     action: str = "none"
     grace_min: float = 10
-    check_interval_s: float = 2.0  # how often the idle rule looks at its signals
+    check_interval_s: float = 10.0  # how often the idle rule looks; a 30-min window needs no more
     poweroff_command: str = "systemctl poweroff"  # run (split like a shell) after window + grace idle
 
 

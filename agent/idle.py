@@ -115,6 +115,7 @@ class IdleMonitor:
         self.action_ran_at: float | None = None
         self.action_result: str | None = None
         self.last: dict[str, Any] | None = None
+        self.last_at: float | None = None  # clock() of the evaluation behind `last`
         self._loop = services.Periodic("idle-monitor", config.check_interval_s, self._check_logged)
 
     def _evaluate(self) -> list[tuple[str, Signal]]:
@@ -151,6 +152,7 @@ class IdleMonitor:
                 due_at = self.quiet_since + self.window_s + self.grace_s
                 if act and now >= due_at and self.action_ran_at is None:
                     self._run_action(now)
+            self.last_at = now
             self.last = {
                 "idle": idle,
                 "since": gpus.iso(self.state_since),
@@ -168,6 +170,16 @@ class IdleMonitor:
                 },
             }
             return self.last
+
+    def current(self) -> dict[str, Any]:
+        """The background loop's last evaluation while it runs and is fresh; otherwise a new look. Requests
+        then never wait on the signals' probes (the desktop's connection scan reads every process's fds)."""
+        with self._lock:
+            last, at = self.last, self.last_at
+        fresh_s = 2 * self._loop.interval_s + 1
+        if self._loop.running and last is not None and at is not None and self.clock() - at <= fresh_s:
+            return last
+        return self.check(act=False)
 
     def _run_action(self, now: float) -> None:
         command = shlex.split(self.config.poweroff_command)
@@ -208,4 +220,4 @@ def init_app(app: Flask, config: Config) -> None:
 
 @bp.get("/v1/idle")
 def get_idle():
-    return jsonify(monitor(current_app).check(act=False))
+    return jsonify(monitor(current_app).current())

@@ -146,7 +146,7 @@ def collect_host(app: Flask) -> tuple[Iterator[Metric], bool]:
 
 
 def collect_idle(app: Flask) -> tuple[Iterator[Metric], bool]:
-    state = idle.monitor(app).check(act=False)
+    state = idle.monitor(app).current()
     idle_gauge = gauge("idle", "1 when every idle signal has been idle for the whole window")
     idle_gauge.add_metric([], 1.0 if state["idle"] else 0.0)
     quiet = gauge("idle_quiet_seconds", "How long every idle signal has said idle")

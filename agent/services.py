@@ -57,6 +57,10 @@ class Periodic:
         while not self._stop.wait(self.interval_s):
             self.tick()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
     def start(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)

@@ -268,3 +268,29 @@ def test_background_monitor_powers_off_with_real_threads(tmp_path, monkeypatch):
     assert marker.exists()
     state = idle.monitor(app).last
     assert state["idle"] is True and state["action"]["result"] == "exit 0"
+
+
+def test_requests_read_the_running_monitor_instead_of_probing(tmp_path, monkeypatch):
+    """While the monitor's loop runs, /v1/idle and /metrics serve its last look: no request re-runs the
+    signals' probes. With the loop stopped, a request looks afresh."""
+    monkeypatch.setitem(sys.modules, "pynvml", FakePynvml([]))
+    config = agent_config_dict(
+        tmp_path, idle={"check_interval_s": 60}, host={"imds_url": "http://127.0.0.1:9"}
+    )
+    app = create_app(from_dict(config), token=TOKEN)
+    calls = []
+    idle.register_signal(app, "probe", lambda: calls.append(1) or idle.Signal(False, "quiet"))
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    monitor = idle.monitor(app)
+    assert client.get("/v1/idle", headers=auth).status_code == 200
+    assert len(calls) == 1  # no loop running: each request looks
+    monitor.start()
+    try:
+        for path in ("/v1/idle", "/metrics", "/v1/idle"):
+            assert client.get(path, headers=auth).status_code == 200
+        assert len(calls) == 1  # served from the last look, which is fresh
+    finally:
+        monitor.stop()
+    client.get("/v1/idle", headers=auth)
+    assert len(calls) == 2
