@@ -16,6 +16,7 @@ import requests
 
 from agent.app import create_app
 from agent.config import Config, from_dict
+from tests.support import processes
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -139,12 +140,7 @@ def start_agent(tmp: Path, config: dict, env: dict | None = None) -> AgentProces
 
 
 def stop_agent(agent: AgentProcess) -> None:
-    agent.process.terminate()
-    try:
-        agent.process.wait(10)
-    except subprocess.TimeoutExpired:
-        agent.process.kill()
-        agent.process.wait()
+    processes.stop(agent.process)
     if agent.log is not None and not agent.log.closed:
         agent.log.close()
 

@@ -20,6 +20,7 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import REPO
+from tests.support import processes
 
 ROLE = REPO / "roles" / "desktop"
 # The colour the test session paints its root window (openbox --startup xsetroot -solid ...).
@@ -347,12 +348,7 @@ class DesktopStack:
             stop_agent(self.agent)  # the agent ends the session it supervises
             self.agent = None
         for process in reversed(self.processes):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            processes.stop(process)
         self.processes.clear()
         for log in self.logs:
             log.close()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from tests.support import processes
+
 AMIS = Path(__file__).with_name("ubuntu-amis.json")
 CANONICAL = "099720109477"
 FAKE_CREDENTIALS = {
@@ -44,12 +46,7 @@ class MotoServer:
         requests.post(self.url + "/moto-api/reset", timeout=10).raise_for_status()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
 
 
 def start(log_path: Path) -> MotoServer:

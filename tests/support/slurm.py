@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import processes
+
 NODE = "scipionnode"
 
 
@@ -66,13 +68,7 @@ class LocalSlurm:
     def stop(self) -> None:
         """Stop slurmd, slurmctld, munged (in that order) and wait for each."""
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            processes.stop(process, timeout_s=20)
         self.processes.clear()
         for log in self._logs:
             log.close()

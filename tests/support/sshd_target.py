@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support import rootfs
+from tests.support import processes, rootfs
 
 SSHD_CONFIG = """\
 Port {port}
@@ -83,12 +83,7 @@ class SshdTarget:
     log_path: Path
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
