@@ -7,13 +7,10 @@ with a short timeout: off EC2 it is null and no request ever waits for it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import psutil
@@ -21,6 +18,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 
 from agent import services
 from agent.config import Config
+from agent.imds import ImdsClient, ImdsUnavailable
 from agent.openapi import operation
 
 log = logging.getLogger(__name__)
@@ -85,38 +83,21 @@ class CpuMeter:
 
 
 class InstanceIdentity:
-    """The EC2 identity document through IMDSv2, fetched once in the background."""
-
-    TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-    TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name, not a secret
+    """The EC2 identity document through IMDSv2 (agent.imds), fetched once in the background."""
 
     def __init__(self, base_url: str, timeout_s: float, attempts: int = 3) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"host.imds_url must be an http(s) URL, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
+        self.client = ImdsClient(base_url, timeout_s, token_ttl_s=21600)  # refuses a non-http(s) URL
+        self.base_url = self.client.base_url
         self.attempts = attempts
         self.state = "pending"  # pending -> found | unavailable
         self.error: str | None = None
         self.identity: dict[str, Any] | None = None
-        # IMDS is link-local: never send it through an HTTP proxy from the environment.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._thread: threading.Thread | None = None
-
-    def _call(self, method: str, path: str, headers: dict[str, str]) -> bytes:
-        url = self.base_url + path  # scheme checked in __init__
-        request = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310
-        with self._opener.open(request, timeout=self.timeout_s) as response:
-            return response.read()
 
     def fetch(self) -> None:
         for attempt in range(self.attempts):
             try:
-                token = self._call("PUT", "/latest/api/token", {self.TTL_HEADER: "21600"}).decode()
-                raw = self._call(
-                    "GET", "/latest/dynamic/instance-identity/document", {self.TOKEN_HEADER: token}
-                )
-                doc = json.loads(raw)
+                doc = self.client.identity_document()
                 self.identity = {
                     "instance_id": doc["instanceId"],
                     "instance_type": doc["instanceType"],
@@ -126,8 +107,9 @@ class InstanceIdentity:
                 }
                 self.state, self.error = "found", None
                 return
-            except (OSError, ValueError, KeyError) as exc:  # URLError/timeouts are OSError
-                self.error = f"IMDSv2 at {self.base_url} did not answer: {exc}"
+            except (ImdsUnavailable, KeyError, TypeError) as exc:
+                missing = not isinstance(exc, ImdsUnavailable)
+                self.error = f"identity document lacks {exc}" if missing else str(exc)
                 if attempt + 1 < self.attempts:
                     time.sleep(0.2 * (attempt + 1))
         self.state = "unavailable"
