@@ -177,3 +177,65 @@ def mount(
             f"{result['device']} {done.format(fstype=result['fstype'])} at {result['mountpoint']}"
             f" (UUID={result['uuid']}, fstab {'updated' if result['fstab_changed'] else 'unchanged'})"
         )
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Agent TOML config file.")
+def token(config_path: Path | None) -> None:
+    """Make the agent token (mode 0600) where the config says, unless it exists; never prints it.
+
+    The one program that makes the token: the first-boot hook runs it, and the agent itself on its first
+    start (the same function)."""
+    from agent.token import ensure_token
+
+    path = Path(load_or_exit(config_path).server.token_file)
+    existed = path.exists()
+    try:
+        ensure_token(path)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"agent token {'kept' if existed else 'made'}: {path}")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Agent TOML config file.")
+@click.option(
+    "--file",
+    "user_data_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Apply this saved user data instead of asking the instance metadata service.",
+)
+@click.option(
+    "--imds-url",
+    envvar="SCIPIONCLOUD_IMDS_URL",
+    help="Instance metadata service address [default: the config's host.imds_url].",
+)
+def userdata(config_path: Path | None, user_data_file: Path | None, imds_url: str | None) -> None:
+    """Apply the agent settings of `scipioncloud launch` (EC2 user data) to the config file.
+
+    User data of another kind (#cloud-config) or none at all changes nothing; off EC2 neither."""
+    from agent import userdata as launch
+    from agent.config import DEFAULT_PATH
+    from agent.imds import ImdsClient, ImdsUnavailable
+
+    path = config_path or DEFAULT_PATH
+    if user_data_file is not None:
+        text = user_data_file.read_text()
+    else:
+        config = load_or_exit(config_path)
+        try:
+            raw = ImdsClient(imds_url or config.host.imds_url, timeout_s=2).user_data()
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        except ImdsUnavailable as exc:
+            click.echo(f"agent-userdata: no instance metadata service ({exc}); nothing to apply")
+            return
+        if raw is None:
+            click.echo("agent-userdata: the instance has no user data; nothing to apply")
+            return
+        text = raw.decode(errors="replace")
+    try:
+        changed = launch.apply(text, path)
+    except (OSError, launch.UserDataError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: {'user data applied' if changed else 'user data is not ours; nothing to do'}")

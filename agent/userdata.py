@@ -1,4 +1,5 @@
-"""The EC2 user data `scipioncloud launch` writes, and how the instance's first boot applies it.
+"""The EC2 user data `scipioncloud launch` writes, and how the instance's first boot applies it: the agent
+owns the format (what it accepts), the operator's CLI imports render() from here.
 
 Format (version 1): plain text, first line exactly MARKER, then a TOML document with agent settings:
 
@@ -9,15 +10,15 @@ Format (version 1): plain text, first line exactly MARKER, then a TOML document 
     grace_min = 10
 
 Only the sections and keys in ALLOWED may appear (nothing that widens the agent's listening address or
-moves its token). On first boot the instance fetches its user data from IMDSv2 and runs
-`python3 -m scipioncloud.userdata apply USER_DATA_FILE --config /etc/scipioncloud/agent.toml`, which merges
-these keys over the file's own and checks the result with the agent's config loader before replacing it.
+moves its token). On first boot the agent role's hook runs `scipioncloud-agent userdata --config
+/etc/scipioncloud/agent.toml`, which fetches the user data from IMDSv2 (at the config's `host.imds_url`),
+merges these keys over the file's own and checks the result with the agent's config loader before
+replacing it (`--file` applies a saved copy instead).
 User data without the marker (e.g. a #cloud-config document) is left to cloud-init and ignored here.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -127,25 +128,3 @@ def apply(user_data: str, config_path: Path) -> bool:
     os.chmod(tmp, mode)
     os.replace(tmp, config_path)
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m scipioncloud.userdata", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("apply", help="merge ScipionCloud user data into the agent config")
-    run.add_argument("user_data", type=Path, help="file holding the instance's user data")
-    run.add_argument("--config", type=Path, default=Path("/etc/scipioncloud/agent.toml"))
-    args = parser.parse_args(argv)
-    try:
-        changed = apply(args.user_data.read_text(), args.config)
-    except (OSError, UserDataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.config}: {'user data applied' if changed else 'user data is not ours; nothing to do'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
