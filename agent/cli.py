@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from agent import __version__
-from agent.config import ConfigError, load
+from agent.config import DEFAULT_MOUNT_FORMAT, MOUNT_FORMATS, ConfigError, load
 from agent.token import TokenError
 
 
@@ -141,7 +141,11 @@ def prewarm(
 @click.argument("device")
 @click.argument("mountpoint")
 @click.option(
-    "--format", "format_", type=click.Choice(["never", "if-blank"]), default="never", show_default=True
+    "--format",
+    "format_",
+    type=click.Choice(MOUNT_FORMATS),
+    default=DEFAULT_MOUNT_FORMAT,
+    show_default=True,
 )
 @click.option("--fstype", type=click.Choice(["ext4", "xfs"]), default="ext4", show_default=True)
 @click.option("--label", help="Filesystem label when formatting.")

@@ -12,13 +12,13 @@ import psutil
 
 from agent import blockdev, fstab, shell, signatures
 from agent.blockdev import BlockDevice
-from agent.config import StorageConfig
+from agent.config import DEFAULT_MOUNT_FORMAT, MOUNT_FORMATS, StorageConfig
 from agent.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 FSTYPES = {"ext4": 16, "xfs": 12}  # supported filesystems -> longest label each accepts
-FORMATS = ("never", "if-blank")
+FORMATS = MOUNT_FORMATS
 LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -74,7 +74,7 @@ def mount(
     address: str,
     mountpoint: object,
     fstype: object = "ext4",
-    format: object = "never",
+    format: object = DEFAULT_MOUNT_FORMAT,
     label: object = None,
 ) -> dict:
     """Mount the volume at `mountpoint` and keep one agent line for it in fstab. format='if-blank' formats

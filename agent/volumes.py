@@ -8,7 +8,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from agent import blockdev, mounts, services, shell
-from agent.config import Config
+from agent.config import DEFAULT_MOUNT_FORMAT, Config
 from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
 from agent.prewarm import PrewarmManager
@@ -22,7 +22,7 @@ MOUNT_BODY = {
     "properties": {
         "mountpoint": {"type": "string", "description": "under one of storage.mount_roots"},
         "fstype": {"type": "string", "enum": list(mounts.FSTYPES), "default": "ext4"},
-        "format": {"type": "string", "enum": list(mounts.FORMATS), "default": "never"},
+        "format": {"type": "string", "enum": list(mounts.FORMATS), "default": DEFAULT_MOUNT_FORMAT},
         "label": {"type": "string"},
     },
 }
@@ -179,7 +179,7 @@ def mount_volume(vol: str):
         vol,
         body["mountpoint"],
         fstype=body.get("fstype", "ext4"),
-        format=body.get("format", "never"),
+        format=body.get("format", DEFAULT_MOUNT_FORMAT),
         label=body.get("label"),
     )
     return jsonify(result)
