@@ -11,12 +11,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
 from flask import Blueprint, Flask, current_app, jsonify
+from prometheus_client.core import Metric
 
-from agent import services
+from agent import collectors, services
 from agent.config import Config
 from agent.imds import ImdsClient, ImdsUnavailable
 from agent.openapi import operation
@@ -154,6 +156,7 @@ def sampler(app: Flask) -> HostSampler:
 def init_app(app: Flask, config: Config) -> None:
     identity = InstanceIdentity(config.host.imds_url, config.host.imds_timeout_s)
     services.register(app, SERVICE, HostSampler(CpuMeter(), identity, config.host.interval_s))
+    collectors.register(app, "host", collect_metrics)
 
 
 def disks() -> list[dict[str, Any]]:
@@ -223,3 +226,48 @@ def snapshot(host: HostSampler) -> dict[str, Any]:
 @bp.get("/v1/host")
 def get_host():
     return jsonify(snapshot(sampler(current_app)))
+
+
+def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
+    out: list[Metric] = []
+    total, per_core = sampler(app).meter.current()
+    cpu = collectors.gauge(
+        "host_cpu_utilization_ratio", "Share of all CPU time spent busy over the last interval"
+    )
+    core = collectors.gauge("host_cpu_core_utilization_ratio", "Share of one core's time spent busy", ["cpu"])
+    if total is not None:
+        cpu.add_metric([], total / 100)
+        for index, pct in enumerate(per_core or []):
+            core.add_metric([str(index)], pct / 100)
+    out += [cpu, core]
+    memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+    for name, text, value in (
+        ("host_memory_total_bytes", "Physical memory", memory.total),
+        ("host_memory_available_bytes", "Memory available without swapping", memory.available),
+        ("host_swap_total_bytes", "Swap space", swap.total),
+        ("host_swap_used_bytes", "Swap in use", swap.used),
+        ("host_uptime_seconds", "Time since boot", time.time() - psutil.boot_time()),
+    ):
+        family = collectors.gauge(name, text)
+        family.add_metric([], value)
+        out.append(family)
+    load = collectors.gauge("host_load_average", "Run-queue load average", ["window"])
+    for window, value in zip(("1m", "5m", "15m"), psutil.getloadavg(), strict=True):
+        load.add_metric([window], value)
+    out.append(load)
+    identity = sampler(app).identity.identity
+    if identity:
+        info = collectors.gauge(
+            "host_instance_info", "EC2 instance identity", ["instance_id", "instance_type", "region", "az"]
+        )
+        info.add_metric(
+            [
+                identity["instance_id"],
+                identity["instance_type"],
+                identity["region"],
+                identity["availability_zone"],
+            ],
+            1.0,
+        )
+        out.append(info)
+    return iter(out), True

@@ -14,13 +14,14 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
+from prometheus_client.core import Metric
 
-from agent import gpus, host, nvml, services
+from agent import collectors, gpus, host, nvml, services
 from agent.config import Config, IdleConfig
 from agent.openapi import operation
 
@@ -216,8 +217,21 @@ def init_app(app: Flask, config: Config) -> None:
     register_signal(app, "gpu", gpu_signal(app, config.idle.gpu_util_pct))
     register_signal(app, "cpu", cpu_signal(app, config.idle.cpu_pct))
     services.register(app, SERVICE, IdleMonitor(app, config.idle))
+    collectors.register(app, "idle", collect_metrics)
 
 
 @bp.get("/v1/idle")
 def get_idle():
     return jsonify(monitor(current_app).current())
+
+
+def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
+    state = monitor(app).current()
+    idle_gauge = collectors.gauge("idle", "1 when every idle signal has been idle for the whole window")
+    idle_gauge.add_metric([], 1.0 if state["idle"] else 0.0)
+    quiet = collectors.gauge("idle_quiet_seconds", "How long every idle signal has said idle")
+    quiet.add_metric([], state["quiet_for_s"])
+    busy = collectors.gauge("idle_signal_busy", "1 when this idle signal says busy", ["signal"])
+    for signal in state["signals"]:
+        busy.add_metric([signal["name"]], 1.0 if signal["busy"] else 0.0)
+    return iter([idle_gauge, quiet, busy]), True

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, current_app, jsonify
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agent import blockdev, mounts, services, shell
+from agent import blockdev, collectors, mounts, services, shell
 from agent.config import DEFAULT_MOUNT_FORMAT, Config
 from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
@@ -80,6 +80,7 @@ def init_app(app: Flask, config: Config) -> None:
     manager = PrewarmManager(config.storage)
     app.extensions[EXTENSION] = manager
     services.register(app, "prewarm", manager)
+    collectors.register(app, "prewarm", collect_metrics)
 
 
 def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
