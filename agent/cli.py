@@ -243,3 +243,34 @@ def userdata(config_path: Path | None, user_data_file: Path | None, imds_url: st
     except (OSError, launch.UserDataError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{path}: {'user data applied' if changed else 'user data is not ours; nothing to do'}")
+
+
+@main.command("version-info")
+@click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON here.")
+@click.option(
+    "--expect",
+    multiple=True,
+    help="A component that must be installed (nvidia_driver, cuda, turbovnc, virtualgl, scipion, ...).",
+)
+def version_info(root: Path, out: Path | None, expect: tuple[str, ...]) -> None:
+    """Record what is installed (Debian packages, Python environments, the components' exact versions)."""
+    import json
+
+    from agent import version_info as vi
+
+    try:
+        info = vi.collect(root)
+        vi.check_expected(info, list(expect))
+    except (OSError, vi.VersionInfoError) as exc:
+        raise click.ClickException(f"version-info: {exc}") from None
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    for name, version in vi.flat(info).items():
+        click.echo(f"{name}: {version}")

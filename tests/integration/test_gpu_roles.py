@@ -212,3 +212,18 @@ def test_ubuntu_archive_choice_precompiled_modules_or_dkms(
         assert json.loads((root / "root/nvidia-driver-choice.json").read_text()) == expected
         status = in_root(root, "dpkg-query", "-W", "-f", "${db:Status-Abbrev}", installed)
         assert status.startswith("ii"), status
+
+
+def test_version_record_names_the_driver_and_toolkits_dpkg_installed(gpu_root):
+    """Provenance: the image's record (agent/version_info.py, read from outside) says what dpkg says."""
+    from agent import version_info
+
+    root, first, _ = gpu_root
+    assert first.rc == 0, first.summary()
+    components = version_info.collect(root)["components"]
+    driver = components["nvidia_driver"]
+    assert driver["version"] == in_root(root, "dpkg-query", "-W", "-f=${Version}", driver["package"])
+    assert set(components["cuda"]) == {"12.4", "12.6"}
+    for release, version in components["cuda"].items():
+        package = "cuda-toolkit-" + release.replace(".", "-")
+        assert version == in_root(root, "dpkg-query", "-W", "-f=${Version}", package)
