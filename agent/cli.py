@@ -274,3 +274,16 @@ def version_info(root: Path, out: Path | None, expect: tuple[str, ...]) -> None:
     out.write_text(text)
     for name, version in vi.flat(info).items():
         click.echo(f"{name}: {version}")
+
+
+@main.command("desktop-firstboot")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def desktop_firstboot(config_path: Path | None) -> None:
+    """Make the desktop's per-instance secrets that are missing (the desktop role's unit, every boot)."""
+    from agent.desktop import firstboot
+    from agent.desktop.password import PasswordError
+
+    try:
+        firstboot.run(config_path or firstboot.DEFAULT_CONFIG)
+    except (OSError, KeyError, ValueError, PasswordError, firstboot.FirstbootError) as exc:
+        raise click.ClickException(f"desktop-firstboot: {exc}") from None
