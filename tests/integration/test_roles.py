@@ -196,7 +196,8 @@ def test_one_desktop_user_for_agent_desktop_and_sysprep(tmp_path, rootfs_tarball
         config = tomllib.loads((root / "etc/scipioncloud/agent.toml").read_text())
         from agent.config import from_dict
 
-        assert from_dict(config).desktop.user == "alice"
+        desktop = from_dict(config).desktop
+        assert desktop.user == "alice" and str(desktop.passwd_file) == "/home/alice/.vnc/passwd"
         unit = (root / "etc/systemd/system/scipioncloud-agent.service").read_text()
         assert (
             "ExecStart=/opt/lab/venv/bin/scipioncloud-agent serve --config /etc/scipioncloud/agent.toml\n"
