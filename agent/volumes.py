@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, current_app, jsonify
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agent import blockdev, collectors, mounts, services, shell
+from agent import aws_volumes, blockdev, collectors, mounts, services, shell
 from agent.config import DEFAULT_MOUNT_FORMAT, Config
 from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
@@ -77,7 +77,12 @@ def _tool_failed(exc: shell.CommandError):
 
 
 def init_app(app: Flask, config: Config) -> None:
-    manager = PrewarmManager(config.storage)
+    manager = PrewarmManager(
+        config.storage,
+        aws_status=lambda volume_id: aws_volumes.initialization_status(
+            volume_id, timeout=config.storage.aws_timeout_s, imds_url=config.host.imds_url
+        ),
+    )
     app.extensions[EXTENSION] = manager
     services.register(app, "prewarm", manager)
     collectors.register(app, "prewarm", collect_metrics)
