@@ -17,7 +17,10 @@ DPKG_STATUS = "var/lib/dpkg/status"
 # Python environments whose distributions are recorded: Scipion's (roles/scipion, venv mode) and the agent's.
 PYTHON_ENVS = ("opt/scipion/.scipion3", "opt/scipioncloud/venv")
 # Components by name -> how to find them among the installed Debian packages.
-DRIVER_PACKAGE = re.compile(r"^nvidia-(?:driver|headless)(?:-no-dkms)?-(\d+)(?:-server(?:-open)?|-open)?$")
+# The driver: NVIDIA's repository installs cuda-drivers-<branch>, Ubuntu's nvidia-driver-<branch>[-server].
+DRIVER_PACKAGE = re.compile(
+    r"^(?:cuda-drivers-(\d+)|nvidia-(?:driver|headless)(?:-no-dkms)?-(\d+)(?:-server(?:-open)?|-open)?)$"
+)
 CUDA_PACKAGE = re.compile(r"^cuda-toolkit-(\d+)-(\d+)$")
 DEB_COMPONENTS = {"turbovnc": "turbovnc", "virtualgl": "virtualgl"}
 SCIPION_CORE = ("scipion-pyworkflow", "scipion-em", "scipion-app")

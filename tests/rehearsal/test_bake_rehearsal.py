@@ -155,9 +155,33 @@ def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server)
         for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
             snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
             assert snap_tags.get("scipioncloud:git") == record["git_revision"], (region, snap_tags)
+            assert snap_tags.get("scipioncloud:installed:turbovnc") == "3.1.2", (region, snap_tags)
+        # provenance: what went in, as the image itself recorded it (not only as pinned)
+        assert tags["scipioncloud:installed:turbovnc"] == "3.1.2"
+        assert tags["scipioncloud:installed:nvidia-driver"].startswith("580.")
+        assert tags["scipioncloud:installed:cuda"].startswith("12.6=12.6.")
+        agent_version = record["component_versions"]["scipioncloud"]
+        assert tags["scipioncloud:installed:scipioncloud-agent"] == agent_version
     # ModifyImageAttribute(ImdsSupport) was accepted; moto does not report it back (see docs/bake.md)
     assert set(record["imds_support"]) == {HOME_REGION, COPY_REGION}
     assert all(not v.startswith("failed") for v in record["imds_support"].values()), record["imds_support"]
+
+
+def test_bake_record_carries_what_was_installed(rehearsal):
+    record = rehearsal["record"]
+    assert record, rehearsal["bake"].stderr[-3000:]
+    installed = record["installed_versions"]
+    pinned = record["component_versions"]
+    assert installed["turbovnc"] == pinned["desktop_turbovnc_version"]
+    assert installed["nvidia_driver"]["package"].startswith(f"nvidia-driver-{pinned['nvidia_driver_branch']}")
+    assert set(installed["cuda"]) == {pinned["cuda_versions"]}
+    plugins = installed["scipion_plugins"]
+    for name, version in pinned.items():
+        if name.startswith("scipion-em-"):
+            assert plugins.get(name) == version, name
+    assert installed["scipion"]["scipion-pyworkflow"] == pinned["scipion-pyworkflow"]
+    info = json.loads(Path(record["version_info"]).read_text())  # downloaded from the image by Packer
+    assert info["components"] == installed and "fio" in info["packages"]
 
 
 def test_image_passes_the_hygiene_audit(rehearsal):

@@ -59,5 +59,12 @@ def test_command_writes_the_record_and_refuses_a_missing_component(tmp_path):
     assert info["components"]["cuda"] == {"12.6": "12.6.3-1"}
     assert "turbovnc" not in info["components"]  # removed, only its config files left
     assert "nvidia-driver: 580.95.05-0ubuntu0.22.04.1" in done.output
+    # NVIDIA's own repository names the driver cuda-drivers-<branch>
+    (root / "var/lib/dpkg/status").write_text(
+        "Package: cuda-drivers-580\nStatus: install ok installed\nVersion: 580.95.05-1\n\n"
+        "Package: nvidia-driver\nStatus: install ok installed\nVersion: 580.95.05-1\n"
+    )
+    driver = json.loads(runner.invoke(main, ["version-info", "--root", str(root)]).output)["components"]
+    assert driver["nvidia_driver"] == {"package": "cuda-drivers-580", "version": "580.95.05-1"}
     missing = runner.invoke(main, ["version-info", "--root", str(root), "--expect", "turbovnc"])
     assert missing.exit_code != 0 and "not installed: turbovnc" in missing.output
