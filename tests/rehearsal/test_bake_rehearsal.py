@@ -155,11 +155,15 @@ def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server)
         for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
             snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
             assert snap_tags.get("scipioncloud:git") == record["git_revision"], (region, snap_tags)
-            assert snap_tags.get("scipioncloud:installed:turbovnc") == "3.1.2", (region, snap_tags)
+            turbovnc = record["component_versions"]["desktop_turbovnc_version"]
+            assert snap_tags.get("scipioncloud:installed:turbovnc") == turbovnc, (region, snap_tags)
         # provenance: what went in, as the image itself recorded it (not only as pinned)
-        assert tags["scipioncloud:installed:turbovnc"] == "3.1.2"
-        assert tags["scipioncloud:installed:nvidia-driver"].startswith("580.")
-        assert tags["scipioncloud:installed:cuda"].startswith("12.6=12.6.")
+        pinned = record["component_versions"]
+        assert tags["scipioncloud:installed:turbovnc"] == pinned["desktop_turbovnc_version"]
+        assert tags["scipioncloud:installed:nvidia-driver"].startswith(pinned["nvidia_driver_branch"] + ".")
+        assert tags["scipioncloud:installed:cuda"].startswith(
+            f"{pinned['cuda_versions']}={pinned['cuda_versions']}."
+        )
         agent_version = record["component_versions"]["scipioncloud"]
         assert tags["scipioncloud:installed:scipioncloud-agent"] == agent_version
     # ModifyImageAttribute(ImdsSupport) was accepted; moto does not report it back (see docs/bake.md)
