@@ -9,7 +9,7 @@ from scipioncloud.bake import bake_command
 from scipioncloud.commands import instances, provision
 from scipioncloud.commands.cost import cost
 from scipioncloud.commands.images import images
-from scipioncloud.commands.volumes import volumes
+from scipioncloud.commands.volumes import snapshots, volumes
 
 
 @click.group()
@@ -20,6 +20,7 @@ def main() -> None:
 
 main.add_command(images)
 main.add_command(volumes)
+main.add_command(snapshots)
 main.add_command(cost)
 instances.register(main)
 provision.register(main)

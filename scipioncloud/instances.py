@@ -11,6 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from scipioncloud import console, images, instance_types, userdata, volumes
+from scipioncloud.lookup import instance as resolve  # callers name instances by id or Name
 from scipioncloud.aws import Aws, tags_dict, waiter_config
 from scipioncloud.console import Desktop
 from scipioncloud.errors import BadInput, OperationFailed, from_client_error
@@ -36,30 +37,6 @@ class LaunchRequest:
     auto_stop_grace_min: float = 10
     extra_tags: dict[str, str] = field(default_factory=dict)
     allow_no_gpu: bool = False
-
-
-def resolve(aws: Aws, name_or_id: str) -> dict:
-    """An instance by id (i-...) or by its Name tag; BadInput when there is none, or several by name."""
-    ec2 = aws.ec2()
-    try:
-        if name_or_id.startswith("i-"):
-            reservations = ec2.describe_instances(InstanceIds=[name_or_id])["Reservations"]
-        else:
-            reservations = ec2.describe_instances(
-                Filters=[
-                    {"Name": "tag:Name", "Values": [name_or_id]},
-                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
-                ]
-            )["Reservations"]
-    except ClientError as exc:
-        raise from_client_error(exc, f"instance {name_or_id}") from None
-    found = [i for r in reservations for i in r["Instances"]]
-    if not found:
-        raise BadInput(f"unknown instance {name_or_id!r} in {aws.region_name}; see `scipioncloud instances`")
-    if len(found) > 1:
-        ids = ", ".join(i["InstanceId"] for i in found)
-        raise BadInput(f"several instances are named {name_or_id!r} ({ids}); name one by its id")
-    return found[0]
 
 
 def default_vpc(ec2) -> str:
@@ -250,8 +227,8 @@ def _wait(ec2, waiter: str, instance_id: str) -> None:
     ec2.get_waiter(waiter).wait(InstanceIds=[instance_id], WaiterConfig=waiter_config(900))
 
 
-def stop(aws: Aws, name_or_id: str, wait: bool = True) -> dict:
-    instance = resolve(aws, name_or_id)
+def stop(aws: Aws, name_or_id: str, *, wait: bool = True, any_instance: bool = False) -> dict:
+    instance = resolve(aws, name_or_id, ours_only=not any_instance)
     ec2 = aws.ec2()
     ec2.stop_instances(InstanceIds=[instance["InstanceId"]])
     if wait:
@@ -259,7 +236,7 @@ def stop(aws: Aws, name_or_id: str, wait: bool = True) -> dict:
     return {"instance_id": instance["InstanceId"], "state": "stopped" if wait else "stopping"}
 
 
-def start(aws: Aws, name_or_id: str, wait: bool = True) -> dict:
+def start(aws: Aws, name_or_id: str, *, wait: bool = True) -> dict:
     instance = resolve(aws, name_or_id)
     ec2 = aws.ec2()
     ec2.start_instances(InstanceIds=[instance["InstanceId"]])
@@ -273,9 +250,18 @@ def start(aws: Aws, name_or_id: str, wait: bool = True) -> dict:
     }
 
 
-def resize(aws: Aws, name_or_id: str, new_type: str, on_step=None, allow_no_gpu: bool = False) -> dict:
-    """Stop, change the type, start again (as the guide's console steps); a stopped one stays stopped."""
-    instance = resolve(aws, name_or_id)
+def resize(
+    aws: Aws,
+    name_or_id: str,
+    new_type: str,
+    *,
+    on_step=None,
+    allow_no_gpu: bool = False,
+    any_instance: bool = False,
+) -> dict:
+    """Stop, change the type, start again (as the guide's console steps); a stopped one stays stopped.
+    The public address changes on the way: the result carries the new one."""
+    instance = resolve(aws, name_or_id, ours_only=not any_instance)
     ec2 = aws.ec2()
     image_tags = {}
     try:
@@ -309,53 +295,55 @@ def resize(aws: Aws, name_or_id: str, new_type: str, on_step=None, allow_no_gpu:
         "old_type": old_type,
         "type": current["InstanceType"],
         "state": current["State"]["Name"],
+        "public_ip": current.get("PublicIpAddress"),
+        "ssh": ssh_command(current),
     }
 
 
-def volumes_at_risk(aws: Aws, instance: dict) -> list[dict]:
-    """Each attached volume and what terminating does to it: deleted (DeleteOnTermination) or kept, and
-    whether a completed snapshot of it exists."""
-    ec2 = aws.ec2()
+def volumes_at_risk(aws: Aws, instance: dict, per_gb_month: dict[str, float] | None = None) -> list[dict]:
+    """Each attached volume and what terminating does to it: deleted (DeleteOnTermination) or kept (and
+    still billed), whether it is the system disk (made again from the image) and whether a completed
+    snapshot of it exists. A deleted data volume without a snapshot is `lost`."""
     rows = []
     for mapping in instance.get("BlockDeviceMappings", []):
         ebs = mapping.get("Ebs")
         if not ebs:
             continue
         volume_id = ebs["VolumeId"]
-        volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
-        snapshots = [
-            s
-            for page in ec2.get_paginator("describe_snapshots").paginate(
-                OwnerIds=["self"], Filters=[{"Name": "volume-id", "Values": [volume_id]}]
-            )
-            for s in page["Snapshots"]
-            if s.get("State") == "completed"
-        ]
-        newest = max((s["StartTime"] for s in snapshots), default=None)
+        volume = volumes.resolve(aws, volume_id)
+        newest = max((s["StartTime"] for s in volumes.completed_snapshots(aws, volume_id)), default=None)
         deleted = bool(ebs.get("DeleteOnTermination"))
+        system = mapping["DeviceName"] == instance.get("RootDeviceName")
         rows.append(
             {
                 "volume_id": volume_id,
                 "device": mapping["DeviceName"],
                 "size_gb": volume["Size"],
+                "type": volume["VolumeType"],
+                "system_disk": system,
                 "deleted_on_terminate": deleted,
                 "last_snapshot": newest,
-                "lost": deleted and newest is None,
+                "monthly_cost": volumes.monthly_cost(volume, per_gb_month),
+                "lost": deleted and not system and newest is None,
             }
         )
     return rows
 
 
-def terminate(aws: Aws, name_or_id: str, yes: bool = False) -> dict:
-    """Terminate, but refuse while a volume that would be deleted has no snapshot (unless yes)."""
-    instance = resolve(aws, name_or_id)
+def terminate(
+    aws: Aws, name_or_id: str, *, yes: bool = False, any_instance: bool = False, per_gb_month=None
+) -> dict:
+    """Terminate, but refuse while a data volume that would be deleted has no snapshot (unless yes). The
+    system disk is made again from the image; data volumes kept go on being billed, and the result says
+    which and for how much."""
+    instance = resolve(aws, name_or_id, ours_only=not any_instance)
     instance_id = instance["InstanceId"]
-    volumes = volumes_at_risk(aws, instance)
-    lost = [v for v in volumes if v["lost"]]
+    attached = volumes_at_risk(aws, instance, per_gb_month)
+    lost = [v for v in attached if v["lost"]]
     if lost and not yes:
         what = "; ".join(f"{v['volume_id']} ({v['device']}, {v['size_gb']} GB, no snapshot)" for v in lost)
         raise OperationFailed(
-            f"terminating {instance_id} would delete {what}. Snapshot first "
+            f"terminating {instance_id} would delete data volume(s) {what}. Snapshot first "
             f"(`scipioncloud volumes snapshot VOLUME`) or pass --yes to lose them"
         )
     ec2 = aws.ec2()
@@ -369,11 +357,17 @@ def terminate(aws: Aws, name_or_id: str, yes: bool = False) -> dict:
             removed_groups.append(group["GroupId"])
         except ClientError:
             pass  # still referenced (e.g. another instance uses it); harmless to keep
+    kept = [v for v in attached if not v["deleted_on_terminate"]]
+    costs = [v["monthly_cost"] for v in kept]
     return {
         "instance_id": instance_id,
         "state": "terminated",
-        "deleted_volumes": [v["volume_id"] for v in volumes if v["deleted_on_terminate"]],
-        "kept_volumes": [v["volume_id"] for v in volumes if not v["deleted_on_terminate"]],
+        "deleted_volumes": [v["volume_id"] for v in attached if v["deleted_on_terminate"]],
+        "kept_volumes": [v["volume_id"] for v in kept],
+        "kept_and_billed": [
+            {k: v[k] for k in ("volume_id", "device", "size_gb", "type", "monthly_cost")} for v in kept
+        ],
+        "kept_monthly_cost": None if None in costs else round(sum(costs), 2),
         "lost_without_snapshot": [v["volume_id"] for v in lost],
         "deleted_security_groups": removed_groups,
     }

@@ -135,13 +135,19 @@ def instances(run, all_instances):
     )
 
 
+any_instance_option = click.option(
+    "--any-instance", is_flag=True, help="Also act on an instance scipioncloud did not launch (no tag)."
+)
+
+
 @command(_holder, "stop")
 @click.argument("instance")
 @click.option("--no-wait", is_flag=True)
-def stop(run, instance, no_wait):
+@any_instance_option
+def stop(run, instance, no_wait, any_instance):
     """Stop INSTANCE (id or Name): disks stay and are billed, the instance hours stop."""
     with run.out.status(f"stopping {instance}"):
-        result = lib.stop(run.aws, instance, wait=not no_wait)
+        result = lib.stop(run.aws, instance, wait=not no_wait, any_instance=any_instance)
     run.out.emit(result, text=f"{result['instance_id']}: {result['state']}")
 
 
@@ -161,23 +167,55 @@ def start(run, instance, no_wait):
 @click.option(
     "--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image (CPU-only steps)."
 )
-def resize(run, instance, instance_type, allow_no_gpu):
-    """Change INSTANCE's type: stop, change, start (a stopped one stays stopped)."""
-    result = lib.resize(run.aws, instance, instance_type, on_step=run.out.info, allow_no_gpu=allow_no_gpu)
-    run.out.emit(
-        result, text=f"{result['instance_id']}: {result['old_type']} -> {result['type']}, {result['state']}"
+@any_instance_option
+def resize(run, instance, instance_type, allow_no_gpu, any_instance):
+    """Change INSTANCE's type: stop, change, start (a stopped one stays stopped). Prints the new address."""
+    result = lib.resize(
+        run.aws,
+        instance,
+        instance_type,
+        on_step=run.out.info,
+        allow_no_gpu=allow_no_gpu,
+        any_instance=any_instance,
     )
+    text = f"{result['instance_id']}: {result['old_type']} -> {result['type']}, {result['state']}"
+    if result.get("public_ip"):
+        text += f"\naddress:  {result['public_ip']} (it changed: use `scipioncloud desktop` for the URL)"
+        text += f"\nssh:      {result['ssh']}"
+    run.out.emit(result, text=text)
 
 
 @command(_holder, "terminate")
 @click.argument("instance")
-@click.option("--yes", is_flag=True, help="Terminate even though unsnapshotted volumes will be deleted.")
-def terminate(run, instance, yes):
-    """Terminate INSTANCE; refuses while a volume that would be deleted has no snapshot."""
+@click.option("--yes", is_flag=True, help="Terminate even though unsnapshotted data volumes will be deleted.")
+@any_instance_option
+def terminate(run, instance, yes, any_instance):
+    """Terminate INSTANCE; refuses while a data volume that would be deleted has no snapshot. Says which
+    volumes were deleted and which are kept, and what those still cost a month."""
+    prices = costs.load_table().regions.get(run.aws.region_name)
     with run.out.status(f"terminating {instance}"):
-        result = lib.terminate(run.aws, instance, yes)
-    kept = ", ".join(result["kept_volumes"]) or "none"
-    run.out.emit(result, text=f"{result['instance_id']}: terminated; volumes kept: {kept}")
+        result = lib.terminate(
+            run.aws,
+            instance,
+            yes=yes,
+            any_instance=any_instance,
+            per_gb_month=prices.ebs_per_gb_month if prices else None,
+        )
+    run.out.emit(result, text="\n".join(describe_terminated(result)))
+
+
+def describe_terminated(result: dict) -> list[str]:
+    lines = [f"{result['instance_id']}: terminated"]
+    lines.append(f"deleted:  {', '.join(result['deleted_volumes']) or 'no volumes'}")
+    for v in result["kept_and_billed"]:
+        cost = "?" if v["monthly_cost"] is None else f"${v['monthly_cost']:.2f}"
+        lines.append(
+            f"kept:     {v['volume_id']} ({v['device']}, {v['size_gb']} GB {v['type']}), still billed {cost}/month"
+            f" - `scipioncloud volumes delete {v['volume_id']}` when no longer needed"
+        )
+    if result["kept_monthly_cost"]:
+        lines.append(f"kept volumes cost ${result['kept_monthly_cost']:.2f}/month in total")
+    return lines
 
 
 @command(_holder, "desktop")

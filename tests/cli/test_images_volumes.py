@@ -113,7 +113,7 @@ def test_volume_lifecycle(cli, ec2, our_ami, key_pair):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["volumes", "create", "--size", "10", "--iops", "20000"], "between 3000 and 16000"),
+        (["volumes", "create", "--size", "10", "--iops", "90000"], "between 3000 and 80000"),
         (["volumes", "create", "--size", "10", "--type", "io2"], "need --iops"),
         (["volumes", "create", "--size", "10", "--type", "st1", "--throughput", "200"], "gp3 volumes only"),
         (["volumes", "create"], "give --size"),

@@ -75,7 +75,11 @@ def test_provision_runs_the_playbook_and_summarizes_per_host(tmp_path):
     again = runner.invoke(main, args)  # idempotent playbook: a second run changes nothing
     assert again.exit_code == 0
     assert "TASK Write the marker" in again.stderr
-    assert "provision summary" in again.stdout
+    # piped (not a terminal): a header and one whole line per host, nothing folded
+    assert again.stdout.splitlines() == [
+        "host       ok  changed  failed  unreachable  skipped",
+        "localhost  2   0        0       0            0",
+    ]
 
 
 def test_provision_failure_names_host_task_and_message(tmp_path):
