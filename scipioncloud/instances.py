@@ -11,10 +11,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from scipioncloud import console, images, instance_types, userdata, volumes
-from scipioncloud.lookup import instance as resolve  # callers name instances by id or Name
 from scipioncloud.aws import Aws, tags_dict, waiter_config
 from scipioncloud.console import Desktop
 from scipioncloud.errors import BadInput, OperationFailed, from_client_error
+from scipioncloud.lookup import instance as resolve  # callers name instances by id or Name
 from scipioncloud.tags import TAG_GPU, TAG_IMAGE, TAG_INSTANCE, TAG_MANAGED
 
 DESKTOP_PORTS = (22, 443)  # SSH and the browser desktop, nothing else

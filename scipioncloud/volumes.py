@@ -338,9 +338,9 @@ def delete_snapshot(
     others = [s for s in completed_snapshots(aws, volume_id or "") if s["SnapshotId"] != snapshot_id]
     if not volume_exists and not others and not only_copy_ok:
         raise OperationFailed(
-            f"{snapshot_id} is the only copy of {volume_id or 'its volume'}'s data ({snap['VolumeSize']} GiB; "
-            "the volume no longer exists). Restore it first (`scipioncloud volumes create --snapshot "
-            f"{snapshot_id}`) or pass --yes to lose it"
+            f"{snapshot_id} is the only copy of {volume_id or 'its volume'}'s data "
+            f"({snap['VolumeSize']} GiB; the volume no longer exists). Restore it first "
+            f"(`scipioncloud volumes create --snapshot {snapshot_id}`) or pass --yes to lose it"
         )
     try:
         aws.ec2().delete_snapshot(SnapshotId=snapshot_id)

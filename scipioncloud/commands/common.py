@@ -47,11 +47,13 @@ def translate(exc: Exception, profile: str | None = None) -> CliError | None:
         return from_client_error(exc)
     who = f"--profile {profile}" if profile else "your profile"
     if isinstance(exc, (SSOTokenLoadError, UnauthorizedSSOTokenError, TokenRetrievalError)):
-        return BadInput(f"the AWS SSO session of {who} is not logged in or has expired: run "
-                        f"`aws sso login{f' --profile {profile}' if profile else ''}`, then try again")  # fmt: skip
+        login = f"aws sso login --profile {profile}" if profile else "aws sso login"
+        return BadInput(f"the AWS SSO session of {who} is not logged in or has expired: run `{login}`")
     if isinstance(exc, PartialCredentialsError):
-        return BadInput(f"incomplete AWS credentials ({exc}): set both AWS_ACCESS_KEY_ID and "
-                        "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), or use a profile")  # fmt: skip
+        return BadInput(
+            f"incomplete AWS credentials ({exc}): set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(and AWS_SESSION_TOKEN for temporary keys), or use a profile"
+        )
     if isinstance(exc, NoCredentialsError):
         return BadInput("no AWS credentials: set AWS_PROFILE or pass --profile (or aws sso login)")
     if isinstance(exc, NoRegionError):
@@ -76,7 +78,7 @@ def command(group: click.Group, name: str | None = None, aws: bool = True, **kwa
                 return f(run, *args, **kw)
             except KeyboardInterrupt:
                 fail(run.out, Interrupted("interrupted"), Interrupted.exit_code)
-            except Exception as exc:  # noqa: BLE001 - translated below, re-raised when unknown
+            except Exception as exc:
                 converted = translate(exc, profile)
                 if converted is None:
                     raise

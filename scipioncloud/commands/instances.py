@@ -209,8 +209,9 @@ def describe_terminated(result: dict) -> list[str]:
     lines.append(f"deleted:  {', '.join(result['deleted_volumes']) or 'no volumes'}")
     for v in result["kept_and_billed"]:
         cost = "?" if v["monthly_cost"] is None else f"${v['monthly_cost']:.2f}"
+        what = f"{v['volume_id']} ({v['device']}, {v['size_gb']} GB {v['type']})"
         lines.append(
-            f"kept:     {v['volume_id']} ({v['device']}, {v['size_gb']} GB {v['type']}), still billed {cost}/month"
+            f"kept:     {what}, still billed {cost}/month"
             f" - `scipioncloud volumes delete {v['volume_id']}` when no longer needed"
         )
     if result["kept_monthly_cost"]:

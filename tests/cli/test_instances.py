@@ -225,8 +225,8 @@ def test_terminate_refuses_while_a_data_volume_would_be_lost(cli, ec2, our_ami, 
     launched = launch(cli, "--data-volume", "200")
     root = _devices(ec2, launched["instance_id"])["/dev/sda1"]
     # A data volume someone attached with DeleteOnTermination: terminating would delete its only copy.
-    scratch = ec2.create_volume(Size=50, AvailabilityZone=instance(ec2, launched["instance_id"])["Placement"][
-        "AvailabilityZone"], VolumeType="gp3")["VolumeId"]  # fmt: skip
+    zone = instance(ec2, launched["instance_id"])["Placement"]["AvailabilityZone"]
+    scratch = ec2.create_volume(Size=50, AvailabilityZone=zone, VolumeType="gp3")["VolumeId"]
     ec2.attach_volume(VolumeId=scratch, InstanceId=launched["instance_id"], Device="/dev/sdg")
     ec2.modify_instance_attribute(
         InstanceId=launched["instance_id"],
@@ -288,12 +288,16 @@ def test_terminate_yes_overrides_and_says_what_was_lost(cli, ec2, our_ami, key_p
 
 def test_commands_that_end_or_change_an_instance_act_only_on_ours(cli, ec2, our_ami, key_pair, calls):
     base = ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
-    theirs = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro",
-                               TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                                   {"Key": "Name", "Value": "billing-db"}]}])["Instances"][0]["InstanceId"]  # fmt: skip
+    name_tag = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "billing-db"}]}]
+    theirs = ec2.run_instances(
+        ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=name_tag
+    )["Instances"][0]["InstanceId"]
     calls.clear()
-    for args in (["stop", "billing-db"], ["resize", "billing-db", "--type", "g5.xlarge"],
-                 ["terminate", "billing-db", "--yes"]):  # fmt: skip
+    for args in (
+        ["stop", "billing-db"],
+        ["resize", "billing-db", "--type", "g5.xlarge"],
+        ["terminate", "billing-db", "--yes"],
+    ):
         refused = cli(*args)
         assert refused.exit_code == 2, args
         assert f"{theirs} (billing-db) was not launched by scipioncloud" in refused.stderr
