@@ -142,16 +142,14 @@ def test_ebs_limits_match_ec2s_own_documentation():
                 assert volumes.SIZE_GB[kind] == (int(low), int(high)), kind
     assert set(volumes.SIZE_GB) <= set(re.findall(r"\b(gp2|gp3|io1|io2|st1|sc1)\b", sizes))
     gp3 = re.search(r"gp3: (\d+)\s*\(default\)\s*- (\d+) IOPS", text("Iops"))
-    assert gp3 and volumes.GP3_IOPS == (int(gp3[1]), int(gp3[2]))
+    assert gp3 and (int(gp3[1]), int(gp3[2])) == volumes.GP3_IOPS
     throughput = re.search(r"(\d+) - (\d+) MiB/s", text("Throughput"))
-    assert throughput and volumes.GP3_THROUGHPUT == (int(throughput[1]), int(throughput[2]))
+    assert throughput and (int(throughput[1]), int(throughput[2])) == volumes.GP3_THROUGHPUT
 
 
 def _no_traceback(result) -> None:
-    assert (
-        "Traceback" not in result.output
-        and result.exception is None
-        or isinstance(result.exception, SystemExit)
+    assert ("Traceback" not in result.output and result.exception is None) or isinstance(
+        result.exception, SystemExit
     )
 
 
