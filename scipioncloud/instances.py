@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from scipioncloud import console, images, instance_types, userdata, volumes
+from scipioncloud import console, images, instance_types, lookup, quotas, userdata, volumes
 from scipioncloud.aws import Aws, tags_dict, waiter_config
 from scipioncloud.console import Desktop
 from scipioncloud.errors import BadInput, OperationFailed, from_client_error
@@ -82,12 +82,52 @@ def auto_stop_settings(minutes: float | None, grace_min: float) -> dict:
     return {"idle": {"action": "poweroff", "window_min": minutes, "grace_min": grace_min}}
 
 
-def launch(aws: Aws, request: LaunchRequest) -> dict[str, Any]:
-    """Check everything that can be checked, then run the instance; returns once it is running."""
+@dataclass
+class Created:
+    """What a launch has made so far: what to report (and remove) when it is interrupted or fails late."""
+
+    security_group: str | None = None
+    instance_id: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v}
+
+
+@dataclass
+class LaunchPlan:
+    """A request that passed every check, with the RunInstances parameters it will send."""
+
+    request: LaunchRequest
+    name: str
+    image: dict
+    vpc_id: str
+    vcpus: int
+    params: dict[str, Any]
+    quota: dict | None = None
+
+
+def check_inputs(request: LaunchRequest) -> None:
+    """What can be checked without AWS: sizes, types, durations. Runs before any call."""
+    volumes.check_size("gp3", request.disk_gb, "--disk")
+    if request.disk_gb < 8:
+        raise BadInput("--disk must be at least 8 GB (the image's system disk)")
+    if request.data_volume_gb:
+        volumes.check_performance(request.data_volume_type, None, None)
+        volumes.check_size(request.data_volume_type, request.data_volume_gb, "--data-volume")
+    elif request.data_volume_gb < 0:
+        raise BadInput("--data-volume cannot be negative")
+    auto_stop_settings(request.auto_stop_min, request.auto_stop_grace_min)
+
+
+def prepare(aws: Aws, request: LaunchRequest) -> LaunchPlan:
+    """Every check that reads AWS (image, type and its GPU, key pair, name free, network, GPU quota);
+    creates nothing."""
+    check_inputs(request)
     ec2 = aws.ec2()
     image = images.resolve(aws, request.image)
-    instance_types.check(ec2, request.instance_type, image["needs_gpu"] and not request.allow_no_gpu)
-    volumes.check_performance(request.data_volume_type, None, None)
+    described = instance_types.check(
+        ec2, request.instance_type, image["needs_gpu"] and not request.allow_no_gpu
+    )
     try:
         ec2.describe_key_pairs(KeyNames=[request.key_name])
     except ClientError as exc:
@@ -95,19 +135,37 @@ def launch(aws: Aws, request: LaunchRequest) -> dict[str, Any]:
             f"unknown key pair {request.key_name!r} in {aws.region_name}; create one with "
             f"`aws ec2 create-key-pair --key-name NAME` ({exc.response['Error']['Code']})"
         ) from None
-    if request.disk_gb < 8:
-        raise BadInput("--disk must be at least 8 GB")
-    settings = auto_stop_settings(request.auto_stop_min, request.auto_stop_grace_min)
-    user_data = userdata.render(settings) if settings else None
+    if request.name:
+        in_use = lookup.names_in_use(aws, request.name)
+        if in_use:
+            raise BadInput(
+                f"the name {request.name!r} is already used by {', '.join(in_use)}; pick another --name "
+                "(commands find instances by name)"
+            )
     name = request.name or f"{image['image'] or 'scipioncloud'}-{uuid.uuid4().hex[:6]}"
-
     if request.subnet_id:
-        subnet = ec2.describe_subnets(SubnetIds=[request.subnet_id])["Subnets"][0]
+        try:
+            subnet = ec2.describe_subnets(SubnetIds=[request.subnet_id])["Subnets"][0]
+        except ClientError as exc:
+            raise from_client_error(exc, f"subnet {request.subnet_id}") from None
         vpc_id = subnet["VpcId"]
     else:
         vpc_id = default_vpc(ec2)
-    group_id = create_security_group(ec2, vpc_id, request.cidr, name)
+    vcpus = described.get("VCpuInfo", {}).get("DefaultVCpus", 0)
+    quota = quotas.require(aws, request.instance_type, vcpus)
+    return LaunchPlan(
+        request=request,
+        name=name,
+        image=image,
+        vpc_id=vpc_id,
+        vcpus=vcpus,
+        params=run_parameters(request, image, name),
+        quota=quota.as_dict(),
+    )
 
+
+def run_parameters(request: LaunchRequest, image: dict, name: str) -> dict[str, Any]:
+    settings = auto_stop_settings(request.auto_stop_min, request.auto_stop_grace_min)
     tags = {"Name": name, TAG_MANAGED: "true", **({TAG_IMAGE: image["image"]} if image["image"] else {})}
     tags.update(request.extra_tags)
     tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
@@ -146,25 +204,78 @@ def launch(aws: Aws, request: LaunchRequest) -> dict[str, Any]:
             {"ResourceType": "instance", "Tags": tag_list},
             {"ResourceType": "volume", "Tags": tag_list},
         ],
-        "SecurityGroupIds": [group_id],
     }
     if request.subnet_id:
         params["SubnetId"] = request.subnet_id
-    if user_data:
-        params["UserData"] = user_data
+    if settings:
+        params["UserData"] = userdata.render(settings)
+    return params
+
+
+def dry_run(aws: Aws, plan: LaunchPlan) -> dict[str, Any]:
+    """EC2's own DryRun of the two calls a launch makes: permissions (and, on AWS, capacity limits) are
+    checked and nothing is created. Returns what each call would do."""
+    ec2 = aws.ec2()
+    checks = {}
+    calls = {
+        "CreateSecurityGroup": lambda: ec2.create_security_group(
+            GroupName=f"scipioncloud-{plan.name}-dryrun",
+            Description="dry run",
+            VpcId=plan.vpc_id,
+            DryRun=True,
+        ),
+        "RunInstances": lambda: ec2.run_instances(**plan.params, DryRun=True),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            checks[name] = "no DryRun answer (the endpoint ignored DryRun)"
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            checks[name] = "would succeed" if code == "DryRunOperation" else f"refused: {code}"
+    refused = {k: v for k, v in checks.items() if v.startswith("refused")}
+    result = {
+        "dry_run": True,
+        "name": plan.name,
+        "image_id": plan.image["image_id"],
+        "type": plan.request.instance_type,
+        "vcpus": plan.vcpus,
+        "quota": plan.quota,
+        "checks": checks,
+    }
+    if refused:
+        raise OperationFailed(
+            "the dry run was refused: "
+            + "; ".join(f"{k} {v}" for k, v in refused.items())
+            + " (UnauthorizedOperation: your credentials lack that permission)",
+            **result,
+        )
+    return result
+
+
+def launch(aws: Aws, plan: LaunchPlan, created: Created | None = None) -> dict[str, Any]:
+    """Make the security group and run the instance; returns once it is running. `created` records what
+    exists as it is made, so an interrupted launch can say what to remove."""
+    created = created if created is not None else Created()
+    ec2 = aws.ec2()
+    request = plan.request
+    group_id = create_security_group(ec2, plan.vpc_id, request.cidr, plan.name)
+    created.security_group = group_id
     try:
-        instance = ec2.run_instances(**params)["Instances"][0]
+        instance = ec2.run_instances(**plan.params, SecurityGroupIds=[group_id])["Instances"][0]
     except ClientError as exc:
         ec2.delete_security_group(GroupId=group_id)  # nothing uses it; do not leave it behind
+        created.security_group = None
         raise from_client_error(exc, "launch") from None
     instance_id = instance["InstanceId"]
+    created.instance_id = instance_id
     ec2.create_tags(Resources=[group_id], Tags=[{"Key": TAG_INSTANCE, "Value": instance_id}])
     ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=waiter_config(900))
     running = resolve(aws, instance_id)
     return {
         "instance_id": instance_id,
-        "name": name,
-        "image_id": image["image_id"],
+        "name": plan.name,
+        "image_id": plan.image["image_id"],
         "type": request.instance_type,
         "state": running["State"]["Name"],
         "public_ip": running.get("PublicIpAddress"),
@@ -173,6 +284,29 @@ def launch(aws: Aws, request: LaunchRequest) -> dict[str, Any]:
         "auto_stop_min": request.auto_stop_min,
         "ssh": ssh_command(running, request.key_name),
     }
+
+
+def leftovers(created: Created, hourly_price: float | None, disk_gb_month: float | None) -> str:
+    """What an interrupted launch left behind, what it costs, and the commands that remove it."""
+    if not created.instance_id and not created.security_group:
+        return "interrupted before anything was created; nothing to remove"
+    parts = []
+    if created.instance_id:
+        cost = (
+            f"${hourly_price:.3f}/hour while it runs" if hourly_price is not None else "billed while it runs"
+        )
+        disks = f", its disks ${disk_gb_month:.2f}/month" if disk_gb_month is not None else ""
+        parts.append(
+            f"instance {created.instance_id} exists ({cost}{disks}). Keep it: "
+            f"`scipioncloud desktop {created.instance_id}`; remove it: "
+            f"`scipioncloud terminate {created.instance_id} --yes`"
+        )
+    elif created.security_group:
+        parts.append(
+            f"security group {created.security_group} exists (free); remove it with "
+            f"`aws ec2 delete-security-group --group-id {created.security_group}`"
+        )
+    return "interrupted: " + "; ".join(parts)
 
 
 def ssh_command(instance: dict, key_name: str | None = None) -> str | None:

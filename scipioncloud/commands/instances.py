@@ -9,7 +9,7 @@ import click
 from scipioncloud import agent_client, console, costs, tunnel
 from scipioncloud import instances as lib
 from scipioncloud.commands.common import command, parse_minutes
-from scipioncloud.errors import BadInput, OperationFailed
+from scipioncloud.errors import BadInput, Interrupted, OperationFailed
 from scipioncloud.network import caller_cidr, normalize_cidr
 
 
@@ -53,6 +53,11 @@ def _desktop_text(result: dict) -> str:
 @click.option("--no-wait", is_flag=True, help="Return as soon as the instance is running.")
 @click.option("--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image.")
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check everything, incl. EC2's own DryRun and the GPU quota; create nothing.",
+)
+@click.option(
     "--timeout",
     "timeout_min",
     type=float,
@@ -75,15 +80,15 @@ def launch(
     auto_stop_grace,
     no_wait,
     allow_no_gpu,
+    dry_run,
     timeout_min,
 ):
     """Launch a workstation: GPU instance, security group for SSH and HTTPS, then its desktop URL."""
-    cidr = normalize_cidr(cidr) if cidr else caller_cidr()
     request = lib.LaunchRequest(
         image=image,
         instance_type=instance_type,
         key_name=key_name,
-        cidr=cidr,
+        cidr=normalize_cidr(cidr) if cidr else "",
         name=name,
         disk_gb=disk_gb,
         data_volume_gb=data_gb,
@@ -93,23 +98,49 @@ def launch(
         auto_stop_grace_min=parse_minutes(auto_stop_grace, "--auto-stop-grace"),
         allow_no_gpu=allow_no_gpu,
     )
-    where = f"{run.aws.region_name}, ports 22/443 open to {cidr}"
-    with run.out.status(f"launching {instance_type} from {image} in {where}"):
-        result = lib.launch(run.aws, request)
-    run.out.info(f"{result['instance_id']} is running at {result['public_ip']}")
-    if not no_wait:
-        ec2 = run.aws.ec2()
-        with run.out.status("waiting for the first boot to publish the desktop (a few minutes)"):
-            found = console.wait_for_desktop(
-                lambda: console.read_console(ec2, result["instance_id"]), timeout_s=timeout_min * 60
-            )
-        if found is None:
-            raise OperationFailed(
-                f"no desktop line on {result['instance_id']}'s console after {timeout_min:g} min; "
-                f"it is running ({result['ssh']}); try `scipioncloud desktop {result['instance_id']}` later"
-            )
-        result |= {"desktop_url": found.url, "password": found.password}
+    lib.check_inputs(request)  # before any network call
+    request.cidr = request.cidr or caller_cidr()
+    plan = lib.prepare(run.aws, request)  # image, type, key pair, name, network, GPU quota: creates nothing
+    if dry_run:
+        result = lib.dry_run(run.aws, plan)
+        run.out.emit(result, text="\n".join(f"{k}: {v}" for k, v in result["checks"].items()))
+        return
+    created = lib.Created()
+    try:
+        result = _launch_and_wait(run, plan, created, no_wait, timeout_min)
+    except KeyboardInterrupt:
+        raise Interrupted(_leftovers(run, plan, created), **created.as_dict()) from None
     run.out.emit(result, text=_desktop_text(result) or result["instance_id"])
+
+
+def _leftovers(run, plan, created) -> str:
+    prices = costs.load_table().regions.get(run.aws.region_name)
+    hourly = prices.instances_per_hour.get(plan.request.instance_type) if prices else None
+    gb = plan.request.disk_gb + plan.request.data_volume_gb
+    per_gb = prices.ebs_per_gb_month.get("gp3") if prices else None
+    return lib.leftovers(created, hourly, None if per_gb is None else gb * per_gb)
+
+
+def _launch_and_wait(run, plan, created, no_wait: bool, timeout_min: float) -> dict:
+    request = plan.request
+    where = f"{run.aws.region_name}, ports 22/443 open to {request.cidr}"
+    with run.out.status(f"launching {request.instance_type} from {request.image} in {where}"):
+        result = lib.launch(run.aws, plan, created)
+    run.out.info(f"{result['instance_id']} is running at {result['public_ip']}")
+    if no_wait:
+        return result
+    ec2 = run.aws.ec2()
+    with run.out.status("waiting for the first boot to publish the desktop (a few minutes)"):
+        found = console.wait_for_desktop(
+            lambda: console.read_console(ec2, result["instance_id"]), timeout_s=timeout_min * 60
+        )
+    if found is None:
+        raise OperationFailed(
+            f"no desktop line on {result['instance_id']}'s console after {timeout_min:g} min; "
+            f"it is running ({result['ssh']}); try `scipioncloud desktop {result['instance_id']}` later",
+            **{k: result[k] for k in ("instance_id", "name", "state", "public_ip", "ssh", "security_group")},
+        )
+    return result | {"desktop_url": found.url, "password": found.password}
 
 
 @command(_holder, "instances")
