@@ -74,7 +74,7 @@ def _stubbed_quota(aws: Aws, value: float) -> Stubber:
                 "Unit": "None",
                 "Adjustable": True,
             }
-        },  # fmt: skip
+        },
         {"ServiceCode": "ec2", "QuotaCode": "L-DB2E81BA"},
     )
     stub.activate()
