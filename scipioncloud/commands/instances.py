@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from scipioncloud import access as access_lib
 from scipioncloud import agent_client, console, costs, tunnel
 from scipioncloud import instances as lib
 from scipioncloud.commands.common import command, parse_minutes
@@ -14,7 +15,7 @@ from scipioncloud.network import caller_cidr, normalize_cidr
 
 
 def register(main: click.Group) -> None:
-    for cmd in (launch, instances, stop, start, resize, terminate, desktop, status):
+    for cmd in (launch, instances, stop, start, resize, terminate, desktop, status, access):
         main.add_command(cmd)
 
 
@@ -324,3 +325,19 @@ def status(run, instance, key, user, ssh_host, ssh_port, ssh_opts):
     with tunnel.open_tunnel(target) as url:
         summary = agent_client.AgentClient(url, token).summary()
     run.out.emit(summary, text="\n".join(agent_client.describe_summary(summary)))
+
+
+@command(_holder, "access")
+@click.argument("instance")
+@click.option("--cidr", help="Address block to allow (default: your public address/32).")
+@click.option("--remove-old", is_flag=True, help="Close SSH and the desktop to every other address.")
+def access(run, instance, cidr, remove_old):
+    """Open INSTANCE's SSH and desktop to where you are now (lab, home, VPN); --remove-old closes them to
+    the addresses you had before."""
+    cidr = normalize_cidr(cidr) if cidr else caller_cidr()
+    result = access_lib.allow(run.aws, instance, cidr, remove_old=remove_old)
+    lines = [f"{result['instance_id']} ({result['security_group']}):"]
+    lines.append(f"  added {result['added']}" if result["added"] else f"  {cidr} was already allowed")
+    lines += [f"  removed {c}" for c in result["removed"]]
+    lines += [f"  port {port} open to {', '.join(c) or 'nobody'}" for port, c in result["allowed"].items()]
+    run.out.emit(result, text="\n".join(lines))

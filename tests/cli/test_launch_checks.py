@@ -137,3 +137,20 @@ def test_launch_time_out_under_json_gives_the_instance_as_a_field(cli, ec2, our_
     report = json.loads(result.stdout)
     assert report["instance_id"].startswith("i-") and report["state"] == "running"
     assert "no desktop line" in report["error"]
+
+
+def test_access_opens_the_ports_to_the_new_address_and_closes_the_old(cli, ec2, our_ami, key_pair):
+    launched = launch(cli)
+    home = "198.51.100.23/32"  # TEST-NET-2
+    added = cli.json("access", launched["instance_id"], "--cidr", home)
+    assert added["added"] == home and added["removed"] == []
+    assert added["allowed"] == {"22": sorted([CIDR, home]), "443": sorted([CIDR, home])}
+    again = cli.json("access", launched["instance_id"], "--cidr", home, "--remove-old")
+    assert again["added"] is None and again["removed"] == [CIDR]
+    group = ec2.describe_security_groups(GroupIds=[launched["security_group"]])["SecurityGroups"][0]
+    assert sorted((p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p["IpRanges"]) == [
+        (22, home),
+        (443, home),
+    ]
+    whole = cli("access", launched["instance_id"], "--cidr", "0.0.0.0/0")
+    assert whole.exit_code == 2 and "whole internet" in whole.stderr
