@@ -60,8 +60,10 @@ def list_images(aws: Aws, regions: list[str] | None = None, image: str | None = 
     return [i for found in per_region for i in found]
 
 
-def resolve(aws: Aws, name_or_id: str, region: str | None = None) -> dict:
-    """An AMI id, or an image name (newest of our AMIs with that TAG_IMAGE, else with that AMI Name)."""
+def resolve(aws: Aws, name_or_id: str, region: str | None = None, owners: tuple[str, ...] = ()) -> dict:
+    """An AMI id, or an image name: the newest of our AMIs with that TAG_IMAGE, else with that AMI Name,
+    else the newest image shared with this account (by a facility: `owners`, or any account that granted
+    us launch permission) whose AMI name starts with NAME- (the bake's naming; tags do not cross accounts)."""
     region = region or aws.region_name
     ec2 = aws.ec2(region)
     if name_or_id.startswith("ami-"):
@@ -81,15 +83,35 @@ def resolve(aws: Aws, name_or_id: str, region: str | None = None) -> dict:
         by_name = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name_or_id]}])[
             "Images"
         ]
-        found = sorted(
-            (summarize(i, region) for i in by_name), key=lambda i: i["created"] or "", reverse=True
-        )
+        found = _newest(by_name, region)
+    if not found:
+        found = shared_with_us(ec2, region, name_or_id, owners)
+        if found:
+            # Tags (scipioncloud:gpu) stay in the facility's account: assume the image needs a GPU,
+            # which --allow-no-gpu can waive.
+            image = resolve(aws, found[0]["image_id"], region)
+            return image | {"needs_gpu": True, "image": image["image"] or name_or_id, "shared": True}
     if not found:
         raise BadInput(
-            f"unknown image {name_or_id!r} in {region}: no AMI of ours is tagged {TAG_IMAGE}={name_or_id}; "
-            "see `scipioncloud images list` or bake one with `make ami`"
+            f"unknown image {name_or_id!r} in {region}: no AMI of ours is tagged {TAG_IMAGE}={name_or_id}"
+            f" and none shared with this account is named {name_or_id}-*; see `scipioncloud images list`, "
+            "bake one with `make ami`, or name the facility's account with --image-owner"
         )
     return resolve(aws, found[0]["image_id"], region)
+
+
+def _newest(images: list[dict], region: str) -> list[dict]:
+    return sorted((summarize(i, region) for i in images), key=lambda i: i["created"] or "", reverse=True)
+
+
+def shared_with_us(ec2, region: str, name: str, owners: tuple[str, ...] = ()) -> list[dict]:
+    """Images named NAME-* that another account shared with this one, newest first."""
+    name_filter = [{"Name": "name", "Values": [f"{name}-*"]}, {"Name": "state", "Values": ["available"]}]
+    if owners:
+        found = ec2.describe_images(Owners=list(owners), Filters=name_filter)["Images"]
+    else:
+        found = ec2.describe_images(ExecutableUsers=["self"], Filters=name_filter)["Images"]
+    return _newest(found, region)
 
 
 def copy(aws: Aws, name_or_id: str, to_regions: list[str], wait: bool = True) -> list[dict]:

@@ -37,6 +37,7 @@ class LaunchRequest:
     auto_stop_grace_min: float = 10
     extra_tags: dict[str, str] = field(default_factory=dict)
     allow_no_gpu: bool = False
+    image_owners: tuple[str, ...] = ()
 
 
 def default_vpc(ec2) -> str:
@@ -124,7 +125,7 @@ def prepare(aws: Aws, request: LaunchRequest) -> LaunchPlan:
     creates nothing."""
     check_inputs(request)
     ec2 = aws.ec2()
-    image = images.resolve(aws, request.image)
+    image = images.resolve(aws, request.image, owners=request.image_owners)
     described = instance_types.check(
         ec2, request.instance_type, image["needs_gpu"] and not request.allow_no_gpu
     )

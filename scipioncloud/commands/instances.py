@@ -33,6 +33,13 @@ def _desktop_text(result: dict) -> str:
 
 @command(_holder, "launch")
 @click.option("--image", required=True, help="Image name (tag scipioncloud:image) or AMI id.")
+@click.option(
+    "--image-owner",
+    "image_owners",
+    multiple=True,
+    metavar="ACCOUNT",
+    help="Also look for NAME among the images this account (e.g. your facility's) shared with you.",
+)
 @click.option("--type", "instance_type", default="g4dn.xlarge", show_default=True, help="EC2 instance type.")
 @click.option("--disk", "disk_gb", type=int, default=100, show_default=True, help="System disk, GB (gp3).")
 @click.option(
@@ -69,6 +76,7 @@ def _desktop_text(result: dict) -> str:
 def launch(
     run,
     image,
+    image_owners,
     instance_type,
     disk_gb,
     data_gb,
@@ -98,6 +106,7 @@ def launch(
         auto_stop_min=parse_minutes(auto_stop),
         auto_stop_grace_min=parse_minutes(auto_stop_grace, "--auto-stop-grace"),
         allow_no_gpu=allow_no_gpu,
+        image_owners=tuple(image_owners),
     )
     lib.check_inputs(request)  # before any network call
     request.cidr = request.cidr or caller_cidr()

@@ -154,3 +154,24 @@ def test_access_opens_the_ports_to_the_new_address_and_closes_the_old(cli, ec2, 
     ]
     whole = cli("access", launched["instance_id"], "--cidr", "0.0.0.0/0")
     assert whole.exit_code == 2 and "whole internet" in whole.stderr
+
+
+def test_launch_finds_an_image_shared_with_the_account(cli, ec2, key_pair):
+    # moto keeps each account's images apart and does not model cross-account sharing, so the "facility"
+    # image is made here without our tags (as tags look from another account) and shared with us:
+    # DescribeImages(ExecutableUsers=["self"]) then answers as AWS does for a facility's grant.
+    base = ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
+    builder = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    name = "scipion-desktop-3.1-ubuntu-24.04-20261120-101010"  # the bake's ami_name
+    ami = ec2.create_image(InstanceId=builder["Instances"][0]["InstanceId"], Name=name)["ImageId"]
+    account = boto3.client("sts").get_caller_identity()["Account"]
+    ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": account}]})
+
+    launched = cli.json(*BASE, "--no-wait")  # --image scipion-desktop: no AMI tagged so, one shared
+    assert launched["image_id"] == ami
+    by_owner = cli.json(*BASE, "--image-owner", account, "--no-wait", "--name", "cryo-owner")
+    assert by_owner["image_id"] == ami
+    cpu = cli(*BASE, "--type", "t3.micro", "--no-wait")  # shared tags are not visible: assume a GPU image
+    assert cpu.exit_code == 2 and "has no NVIDIA GPU" in cpu.stderr
+    missing = cli(*BASE, "--image", "scipion-compute", "--no-wait")
+    assert missing.exit_code == 2 and "--image-owner" in missing.stderr
