@@ -22,7 +22,7 @@ def product_item(attributes: dict[str, str], usd: float, unit: str) -> str:
                 "productFamily": attributes.get("productFamily", "Compute Instance"),
                 "attributes": attributes,
                 "sku": sku,
-            },  # fmt: skip
+            },
             "serviceCode": "AmazonEC2",
             "terms": {
                 "OnDemand": {
