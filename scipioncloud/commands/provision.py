@@ -47,8 +47,31 @@ def provision(run, hosts, image, user, key_file, playbook, vars_files, connectio
             out.info(f"  {host}: {outcome}")
 
     result = lib.run(
-        list(hosts), playbook, image, user, key_file, connection, None, tuple(vars_files), on_task, on_result
+        list(hosts),
+        playbook=playbook,
+        image=image,
+        user=user,
+        key_file=key_file,
+        connection=connection,
+        vars_files=tuple(vars_files),
+        on_task=on_task,
+        on_result=on_result,
     )
+    if not result.ok:
+        detail = (
+            "; ".join(
+                f"{f.host}: task '{f.task}' {'unreachable' if f.unreachable else 'failed'}: {f.message}"
+                for f in result.failures
+            )
+            or f"ansible-runner ended {result.status} (rc {result.rc})"
+        )
+        if not out.as_json:
+            _summary(out, result)
+        raise OperationFailed(detail, **result.as_dict())  # under --json: this one document, with the rows
+    _summary(out, result)
+
+
+def _summary(out, result) -> None:
     rows = [{"host": h, **c} for h, c in result.hosts.items()]
     out.table(
         rows,
@@ -63,12 +86,3 @@ def provision(run, hosts, image, user, key_file, playbook, vars_files, connectio
         title="provision summary",
         data=result.as_dict(),
     )
-    if not result.ok:
-        detail = (
-            "; ".join(
-                f"{f.host}: task '{f.task}' {'unreachable' if f.unreachable else 'failed'}: {f.message}"
-                for f in result.failures
-            )
-            or f"ansible-runner ended {result.status} (rc {result.rc})"
-        )
-        raise OperationFailed(detail)
