@@ -67,8 +67,9 @@ def translate(exc: Exception, profile: str | None = None) -> CliError | None:
     return None
 
 
-def command(group: click.Group, name: str | None = None, aws: bool = True, **kwargs) -> Callable:
-    """Register `f(run, **options)` on `group` with --json (and --region/--profile when `aws`)."""
+def command(group: click.Group | None, name: str | None = None, aws: bool = True, **kwargs) -> Callable:
+    """Make `f(run, **options)` a command with --json (and --region/--profile when `aws`), on `group`, or a
+    top-level command (group None) that its module lists in COMMANDS for scipioncloud/cli.py."""
 
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)
@@ -94,7 +95,7 @@ def command(group: click.Group, name: str | None = None, aws: bool = True, **kwa
             wrapper = click.option("--region", help="AWS region (default: AWS_REGION / the profile's).")(
                 wrapper
             )
-        return group.command(name, **kwargs)(wrapper)
+        return (group.command if group is not None else click.command)(name, **kwargs)(wrapper)
 
     return decorate
 

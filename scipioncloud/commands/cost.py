@@ -113,3 +113,6 @@ def refresh(run, regions, out):
     target.write_text(json.dumps(fresh, indent=2) + "\n")
     summary = {"path": str(target), "as_of": fresh["as_of"], "regions": sorted(fresh["regions"])}
     run.out.emit(summary, text=f"prices of {', '.join(summary['regions'])} as of {fresh['as_of']}: {target}")
+
+
+COMMANDS = [cost]

@@ -90,3 +90,6 @@ def prune(run, keep, image, regions, dry_run):
         title=title,
         data=removed,
     )
+
+
+COMMANDS = [images]

@@ -14,14 +14,6 @@ from scipioncloud.errors import BadInput, Interrupted, OperationFailed
 from scipioncloud.network import caller_cidr, normalize_cidr
 
 
-def register(main: click.Group) -> None:
-    for cmd in (launch, instances, stop, start, resize, terminate, desktop, status, access):
-        main.add_command(cmd)
-
-
-_holder = click.Group()  # commands are made here, then added to the real group by register()
-
-
 def _desktop_text(result: dict) -> str:
     lines = []
     if result.get("desktop_url"):
@@ -31,7 +23,7 @@ def _desktop_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-@command(_holder, "launch")
+@command(None, "launch")
 @click.option("--image", required=True, help="Image name (tag scipioncloud:image) or AMI id.")
 @click.option(
     "--image-owner",
@@ -153,7 +145,7 @@ def _launch_and_wait(run, plan, created, no_wait: bool, timeout_min: float) -> d
     return result | {"desktop_url": found.url, "password": found.password}
 
 
-@command(_holder, "instances")
+@command(None, "instances")
 @click.option("--all", "all_instances", is_flag=True, help="Every instance, not only ScipionCloud's.")
 def instances(run, all_instances):
     """Our instances: state, type, uptime since the last start, on-demand cost so far."""
@@ -181,7 +173,7 @@ any_instance_option = click.option(
 )
 
 
-@command(_holder, "stop")
+@command(None, "stop")
 @click.argument("instance")
 @click.option("--no-wait", is_flag=True)
 @any_instance_option
@@ -192,7 +184,7 @@ def stop(run, instance, no_wait, any_instance):
     run.out.emit(result, text=f"{result['instance_id']}: {result['state']}")
 
 
-@command(_holder, "start")
+@command(None, "start")
 @click.argument("instance")
 @click.option("--no-wait", is_flag=True)
 def start(run, instance, no_wait):
@@ -202,7 +194,7 @@ def start(run, instance, no_wait):
     run.out.emit(result, text=f"{result['instance_id']}: {result['state']} at {result['public_ip']}")
 
 
-@command(_holder, "resize")
+@command(None, "resize")
 @click.argument("instance")
 @click.option("--type", "instance_type", required=True, help="The new instance type.")
 @click.option(
@@ -226,7 +218,7 @@ def resize(run, instance, instance_type, allow_no_gpu, any_instance):
     run.out.emit(result, text=text)
 
 
-@command(_holder, "terminate")
+@command(None, "terminate")
 @click.argument("instance")
 @click.option("--yes", is_flag=True, help="Terminate even though unsnapshotted data volumes will be deleted.")
 @any_instance_option
@@ -260,7 +252,7 @@ def describe_terminated(result: dict) -> list[str]:
     return lines
 
 
-@command(_holder, "desktop")
+@command(None, "desktop")
 @click.argument("instance")
 def desktop(run, instance):
     """Print INSTANCE's desktop URL and password (from its console output)."""
@@ -324,7 +316,7 @@ def _ssh_target(
     )
 
 
-@command(_holder, "status")
+@command(None, "status")
 @click.argument("instance")
 @ssh_options
 def status(run, instance, key, user, ssh_host, ssh_port, ssh_opts):
@@ -336,7 +328,7 @@ def status(run, instance, key, user, ssh_host, ssh_port, ssh_opts):
     run.out.emit(summary, text="\n".join(agent_client.describe_summary(summary)))
 
 
-@command(_holder, "access")
+@command(None, "access")
 @click.argument("instance")
 @click.option("--cidr", help="Address block to allow (default: your public address/32).")
 @click.option("--remove-old", is_flag=True, help="Close SSH and the desktop to every other address.")
@@ -350,3 +342,6 @@ def access(run, instance, cidr, remove_old):
     lines += [f"  removed {c}" for c in result["removed"]]
     lines += [f"  port {port} open to {', '.join(c) or 'nobody'}" for port, c in result["allowed"].items()]
     run.out.emit(result, text="\n".join(lines))
+
+
+COMMANDS = [launch, instances, stop, start, resize, terminate, desktop, status, access]

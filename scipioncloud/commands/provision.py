@@ -10,14 +10,8 @@ from scipioncloud import provision as lib
 from scipioncloud.commands.common import command
 from scipioncloud.errors import OperationFailed
 
-_holder = click.Group()
 
-
-def register(main: click.Group) -> None:
-    main.add_command(provision)
-
-
-@command(_holder, "provision", aws=False)
+@command(None, "provision", aws=False)
 @click.argument("hosts", nargs=-1, required=True)
 @click.option("--image", default="scipion-desktop", show_default=True, help="Image definition to apply.")
 @click.option("--user", default="ubuntu", show_default=True, help="SSH user (needs sudo).")
@@ -86,3 +80,6 @@ def _summary(out, result) -> None:
         title="provision summary",
         data=result.as_dict(),
     )
+
+
+COMMANDS = [provision]

@@ -177,3 +177,6 @@ def mount(run, instance, volume, mountpoint, fstype, format_, key, user, ssh_hos
         client = agent_client.AgentClient(url, token, timeout_s=600)
         result = client.mount(volume, mountpoint, fstype, format_)
     run.out.emit(result, text=f"{volume} mounted at {mountpoint}")
+
+
+COMMANDS = [volumes, snapshots]

@@ -3,6 +3,7 @@ before anything costs money, and a Packer failure says where the full log is."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,7 +37,35 @@ def test_no_credentials_stops_before_packer(tmp_path, moto_server):
     done = run(["scipion-desktop", "--region", "eu-west-1"], env, tmp_path)
     assert done.returncode != 0
     assert "no AWS credentials found" in done.stderr and "AWS_PROFILE" in done.stderr
+    assert "`make rehearse` bakes the same image offline" in done.stderr and "minutes" in done.stderr
     assert not (tmp_path / "build").exists()  # nothing built, no Packer log
+    as_json = run(["scipion-desktop", "--region", "eu-west-1", "--json"], env, tmp_path)
+    assert as_json.returncode == 1
+    assert (
+        "no AWS credentials found" in json.loads(as_json.stdout)["error"]
+    )  # one document, like every command
+
+
+def test_bake_takes_the_options_every_command_takes():
+    from click.testing import CliRunner
+
+    from scipioncloud.cli import main
+
+    help_text = CliRunner().invoke(main, ["bake", "--help"]).output
+    for option in ("--json", "--region", "--profile"):
+        assert option in help_text
+
+
+def test_bake_leaves_the_process_path_alone(tmp_path, aws_env, monkeypatch):
+    """The Packer driver hands Packer the venv's ansible-playbook as a variable; PATH stays as it was."""
+    from scipioncloud import bake as driver
+
+    before = os.environ["PATH"]
+    with pytest.raises(driver.BakeError):
+        driver.run_packer(driver.packer_path(), "validate", REPO / "packer", tmp_path / "log", False,
+                          var={"ansible_playbook": driver.ansible_playbook()})  # fmt: skip
+    assert os.environ["PATH"] == before
+    assert driver.ansible_playbook() == str(Path(sys.executable).parent / "ansible-playbook")
 
 
 def test_disabled_copy_region_stops_before_packer(tmp_path, aws_env):
