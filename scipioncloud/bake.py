@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.table import Table
 
-from scipioncloud import versions
+from scipioncloud import instance_types, quotas, versions
 from scipioncloud.aws import Aws
 from scipioncloud.errors import OperationFailed
 
@@ -80,6 +80,12 @@ def find_image(repo: Path, name: str) -> Image:
     if not ansible_vars.exists():
         raise BakeError(f"images/{name}.pkrvars.hcl has no Ansible vars file images/{name}.yml")
     return Image(name, repo / "images" / f"{name}.pkrvars.hcl", ansible_vars)
+
+
+def image_setting(image: Image, name: str) -> str | None:
+    """A plain `name = "value"` of the image's var file (e.g. the build instance type)."""
+    match = re.search(rf'^\s*{name}\s*=\s*"([^"]*)"', image.packer_vars.read_text(), re.MULTILINE)
+    return match.group(1) if match else None
 
 
 def packer_path() -> str:
@@ -321,6 +327,9 @@ def bake(
 ) -> BakeResult:
     packer, version = check_tools()
     check_aws(aws, region, copy_to)
+    build_type = str(overrides.get("instance_type") or image_setting(image, "instance_type") or "g4dn.xlarge")
+    described = instance_types.describe(aws.ec2(region), build_type)
+    quotas.require(aws, build_type, described.get("VCpuInfo", {}).get("DefaultVCpus", 0))
     build_time = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / f"{image.name}-{build_time}.packer.log"

@@ -115,3 +115,28 @@ def test_source_ami_filter_finds_the_latest_canonical_base(aws_env, version, cod
     newest = max(images, key=lambda i: i["CreationDate"])
     assert all(f"ubuntu-{codename}-{version}-amd64-server-" in i["Name"] for i in images), images
     assert newest["Name"].endswith({"22.04": "20241002", "24.04": "20241119"}[version])
+
+
+def test_gpu_quota_is_checked_before_packer(tmp_path, aws_env, monkeypatch):
+    """A new account at 0 G-family vCPUs hears it before any Packer step (quota answered by a Stubber:
+    Service Quotas is not in the emulator)."""
+    from botocore.stub import Stubber
+
+    from scipioncloud import bake as driver
+    from scipioncloud.aws import Aws
+    from scipioncloud.errors import OperationFailed
+
+    aws = Aws("eu-west-1")
+    stub = Stubber(aws.client("service-quotas"))
+    stub.add_response(
+        "get_service_quota",
+        {"Quota": {"ServiceCode": "ec2", "QuotaCode": "L-DB2E81BA", "Value": 0.0}},
+        {"ServiceCode": "ec2", "QuotaCode": "L-DB2E81BA"},
+    )
+    stub.activate()
+    image = driver.find_image(REPO, "scipion-desktop")
+    with pytest.raises(OperationFailed) as refused:
+        driver.bake(aws, REPO, image, region="eu-west-1", copy_to=[], overrides={}, out_dir=tmp_path / "b")
+    assert "needs 4 vCPUs of the 'G and VT' on-demand quota" in str(refused.value)
+    assert "request-service-quota-increase" in str(refused.value)
+    assert not (tmp_path / "b").exists()  # no wheel, no Packer log
