@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from agent.version_info import flat
+from scipioncloud.aws import Aws
 
 TAG_PREFIX = "scipioncloud:installed:"
 TAG_VALUE_MAX = 256  # EC2's limit for a tag value
@@ -50,12 +51,10 @@ def tags(info: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def tag_amis(amis: dict[str, str], tag_list: list[dict[str, str]]) -> None:
+def tag_amis(aws: Aws, amis: dict[str, str], tag_list: list[dict[str, str]]) -> None:
     """Tag each region's AMI and its snapshots (the copies carry no tags of their own)."""
-    import boto3
-
     for region, ami in amis.items():
-        ec2 = boto3.client("ec2", region_name=region)
+        ec2 = aws.ec2(region)
         image = ec2.describe_images(ImageIds=[ami])["Images"][0]
         snapshots = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if "Ebs" in m]
         ec2.create_tags(Resources=[ami, *snapshots], Tags=tag_list)

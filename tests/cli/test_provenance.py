@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from scipioncloud import provenance
+from scipioncloud.aws import Aws
 from tests.cli.conftest import make_ami
 from tests.support.paths import REPO
 
@@ -34,7 +35,8 @@ def test_installed_versions_become_tags_on_every_ami_and_snapshot(aws_env, ec2, 
     path = tmp_path / "version-info.json"
     path.write_text(json.dumps(RECORD))
     ami = make_ami(ec2, "scipion-desktop-20261130")
-    provenance.tag_amis({ec2.meta.region_name: ami}, provenance.tags(provenance.load(path)))
+    aws = Aws(region=ec2.meta.region_name)
+    provenance.tag_amis(aws, {ec2.meta.region_name: ami}, provenance.tags(provenance.load(path)))
     image = ec2.describe_images(ImageIds=[ami])["Images"][0]
     tags = {t["Key"]: t["Value"] for t in image["Tags"]}
     assert tags["scipioncloud:installed:nvidia-driver"] == "580.95.05-0ubuntu0.22.04.2"
