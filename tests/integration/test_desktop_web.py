@@ -157,7 +157,7 @@ Promise.allSettled(tries).then(() => {{ document.body.dataset.done = "1"; }});
         pages = self.pages
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
+            def do_GET(self):
                 body = pages.get(self.path, "").encode()
                 self.send_response(200 if body else 404)
                 self.send_header("Content-Type", "text/html")
@@ -224,10 +224,10 @@ def test_a_page_elsewhere_cannot_act_with_the_browsers_password(stack):
             deadline = time.monotonic() + 20
             while True:
                 seen = {(e["method"], e["uri"]) for e in from_elsewhere(stack.access_log(), hostile.url)}
-                if HOSTILE_REQUESTS <= seen or time.monotonic() > deadline:
+                if seen >= HOSTILE_REQUESTS or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-            assert HOSTILE_REQUESTS <= seen, f"never sent: {HOSTILE_REQUESTS - seen}"
+            assert seen >= HOSTILE_REQUESTS, f"never sent: {HOSTILE_REQUESTS - seen}"
             top.wait_for_load_state()
             assert "403" in top.content()  # the top-level form POST landed on a refusal
 
@@ -243,7 +243,8 @@ def test_a_page_elsewhere_cannot_act_with_the_browsers_password(stack):
             # The user's own page still works, logout included.
             assert (
                 status.evaluate(
-                    "fetch('api/v1/desktop', {headers: {'X-ScipionCloud-Page': 'status'}}).then(r => r.status)"
+                    "fetch('api/v1/desktop', {headers: {'X-ScipionCloud-Page': 'status'}})"
+                    ".then(r => r.status)"
                 )
                 == 200
             )

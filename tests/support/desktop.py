@@ -328,8 +328,8 @@ class DesktopStack:
             + f"worker_processes 1;\ndaemon off;\npid {conf_dir / 'nginx.pid'};\n"
             + f"error_log {conf_dir / 'error.log'};\nevents {{}}\n"
             + "http {\n include /etc/nginx/mime.types;\n"
-            + " log_format desktop_test '$remote_addr $request_method $request_uri $status upstream=$upstream_addr"
-            + " site=$http_sec_fetch_site origin=$http_origin';\n"
+            + " log_format desktop_test '$remote_addr $request_method $request_uri $status"
+            + " upstream=$upstream_addr site=$http_sec_fetch_site origin=$http_origin';\n"
             + f" access_log {conf_dir / 'access.log'} desktop_test;\n {temp}\n"
             + f" include {conf_dir / 'site.conf'};\n}}\n"
         )
