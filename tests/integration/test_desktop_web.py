@@ -38,6 +38,10 @@ SUBRESOURCE_FROM_ELSEWHERE = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     desktop = DesktopStack(tmp_path_factory.mktemp("desktop-web"))
+    # The role's burst (400) with a lower rate than its 50/s: a flood outruns 10/s on any machine, however
+    # loaded (nginx may check fewer than 50 passwords a second on 2 busy cores), and the browser's page
+    # loads in this module (about 350 requests in all) still fit.
+    desktop.vars["desktop_nginx_rate"] = "10r/s"
     try:
         desktop.start()
         yield desktop
@@ -285,7 +289,8 @@ def novnc_attempts(stack: DesktopStack, login: tuple[str, str], vnc_password: st
                     connected = page.evaluate(
                         "document.documentElement.classList.contains('noVNC_connected')"
                     )
-                    outcomes.append("connected" if connected else page.inner_text("#noVNC_status"))
+                    # textContent: noVNC hides its status after 1.5 s, and a hidden element has no innerText.
+                    outcomes.append("connected" if connected else page.text_content("#noVNC_status"))
                 page.close()
         finally:
             browser.close()
@@ -315,8 +320,8 @@ def wrong(password: str) -> str:
 
 
 def test_wrong_passwords_never_lock_the_real_user_out(stack, tmp_path):
-    # A stranger on the internet, at nginx's gate: wrong passwords, fast, from another address (the role's
-    # limit is 50 a second per address after a burst of 400: more than that arrive here).
+    # A stranger on the internet, at nginx's gate: wrong passwords, fast, from another address (more than
+    # the burst of 400 and the rate allow).
     guess = base64.b64encode(f"{stack.user}:{wrong(stack.password)}".encode()).decode()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         answers = [s for batch in pool.map(lambda _: guesses(stack, guess, 250), range(4)) for s in batch]
