@@ -17,7 +17,10 @@ async function get(path, options) {
   // Relative to the page's origin: a page opened with credentials in its URL must not fetch with them.
   const url = new URL(API + path, new URL(".", location.href.replace(/\/\/[^/@]*@/, "//")));
   try {
-    const response = await fetch(url, { credentials: "same-origin", cache: "no-store", ...options });
+    // The header tells nginx this call comes from the page itself (a page elsewhere cannot send it).
+    const response = await fetch(url, {
+      credentials: "same-origin", cache: "no-store", headers: { "X-ScipionCloud-Page": "status" }, ...options,
+    });
     const body = await response.json().catch(() => ({}));
     return { ok: response.ok, status: response.status, body };
   } catch (error) {
