@@ -80,9 +80,9 @@ def prewarm(
     import signal
     import time
 
-    from agent import blockdev
     from agent.errors import ApiError
-    from agent.prewarm import ACTIVE, PrewarmManager
+    from agent.volumes import blockdev
+    from agent.volumes.prewarm import ACTIVE, PrewarmManager
 
     storage = _storage_for(config_path, include_loop)
     if rate_mb_s is not None:
@@ -161,8 +161,8 @@ def mount(
     """Mount DEVICE at MOUNTPOINT and add its fstab line (formatting only a blank device, on request)."""
     import json
 
-    from agent import mounts
     from agent.errors import ApiError
+    from agent.volumes import mounts
 
     storage = _storage_for(config_path, include_loop)
     try:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from agent import fstab
+from agent.volumes import fstab
 from tests.volumes.conftest import needs_root, sh
 
 HUMAN = "# written by a person\ntmpfs /scratch tmpfs defaults 0 0\n"
@@ -74,7 +74,7 @@ def test_crash_at_every_step_leaves_old_or_new_valid_fstab(tmp_path, formatted, 
     new = fstab.with_entry(old, fstab.Entry(uuid, mountpoint, "ext4", "loop-test"))
     # A real process that dies (os._exit: no cleanup, no finally) right after `step`.
     code = (
-        "import os, sys; from pathlib import Path; from agent import fstab\n"
+        "import os, sys; from pathlib import Path; from agent.volumes import fstab\n"
         "fstab.replace(Path(sys.argv[1]), sys.argv[2],"
         " step=lambda name: os._exit(9) if name == sys.argv[3] else None)\n"
     )

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import prewarm
+from agent.volumes import prewarm
 from tests.conftest import VENV_BIN, start_agent, stop_agent, write_toml
 from tests.volumes.conftest import checksum, needs_root, sectors_read
 
@@ -161,7 +161,7 @@ def test_resumes_after_sigkill_and_reads_under_1_1_times_the_size(tmp_path, loop
 def test_several_volumes_share_the_global_rate_limit(loops, storage):
     import dataclasses
 
-    from agent import blockdev
+    from agent.volumes import blockdev
 
     limited = dataclasses.replace(storage, prewarm_rate_mb_s=24)
     devices = [loops(24), loops(24)]
@@ -201,7 +201,7 @@ def test_cli_prewarm_json(tmp_path, loops, config_dict):
 def test_prewarm_auto_starts_every_non_root_volume(tmp_path, loops, storage):
     import dataclasses
 
-    from agent import blockdev
+    from agent.volumes import blockdev
 
     device = loops(16)
     manager = prewarm.PrewarmManager(dataclasses.replace(storage, prewarm_auto=True))

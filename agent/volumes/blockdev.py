@@ -9,9 +9,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import shell, signatures
+from agent import shell
 from agent.config import StorageConfig
 from agent.errors import ApiError
+from agent.volumes import signatures
 
 BY_ID = Path("/dev/disk/by-id")
 EBS_BY_ID = "nvme-Amazon_Elastic_Block_Store_"

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import psutil
 
-from agent import blockdev, fstab, shell, signatures
-from agent.blockdev import BlockDevice
+from agent import shell
 from agent.config import StorageConfig
 from agent.errors import ApiError
+from agent.volumes import blockdev, fstab, signatures
+from agent.volumes.blockdev import BlockDevice
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent import aws_volumes, blockdev
-from agent.blockdev import BlockDevice
+from agent import aws_volumes
 from agent.config import StorageConfig
 from agent.errors import ApiError
+from agent.volumes import blockdev
+from agent.volumes.blockdev import BlockDevice
 
 log = logging.getLogger(__name__)
 

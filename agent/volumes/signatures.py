@@ -38,7 +38,7 @@ def holders(name: str, sysfs: Path = Path("/sys/class/block")) -> list[str]:
 
 def not_blank_reasons(device) -> list[str]:
     """Every test a device must pass before it may be formatted; an empty list is the proof it is blank.
-    `device` is an agent.blockdev.BlockDevice, re-probed here rather than trusted from a listing."""
+    `device` is an agent.volumes.blockdev.BlockDevice, re-probed here rather than trusted from a listing."""
     reasons = []
     if device.state == "root":
         reasons.append("it holds the root filesystem (or something / depends on)")

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, current_app, jsonify
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agent import blockdev, mounts, services, shell
+from agent import services, shell
 from agent.config import Config
 from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
-from agent.prewarm import PrewarmManager
+from agent.volumes import blockdev, mounts
+from agent.volumes.prewarm import PrewarmManager
 
 bp = Blueprint("volumes", __name__)
 EXTENSION = "scipioncloud.prewarm"
