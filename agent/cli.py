@@ -165,8 +165,11 @@ def mount(
     from agent.volumes import mounts
 
     storage = _storage_for(config_path, include_loop)
+    owner = load_or_exit(config_path).desktop.user
     try:
-        result = mounts.mount(storage, device, mountpoint, fstype=fstype, format=format_, label=label)
+        result = mounts.mount(
+            storage, device, mountpoint, fstype=fstype, format=format_, label=label, owner=owner
+        )
     except ApiError as exc:
         _api_error_exit(exc)
     if as_json:

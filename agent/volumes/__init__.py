@@ -182,6 +182,7 @@ def mount_volume(vol: str):
         fstype=body.get("fstype", "ext4"),
         format=body.get("format", "never"),
         label=body.get("label"),
+        owner=current_app.config["SCIPIONCLOUD"].desktop.user,
     )
     return jsonify(result)
 
