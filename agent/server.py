@@ -42,6 +42,10 @@ def serve(config: Config) -> None:
         channel_timeout=config.server.channel_timeout_s,
         cleanup_interval=min(10, config.server.channel_timeout_s),
         asyncore_use_poll=True,
+        # waitress answers these itself, before the app, in text/plain (docs/agent-api.md): a request
+        # line it cannot parse (400), headers over 64 KiB (431), a body over max_body_bytes (413).
+        max_request_header_size=64 * 1024,
+        max_request_body_size=config.server.max_body_bytes,
         _quiet=True,
     )
 
