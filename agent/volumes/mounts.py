@@ -149,9 +149,9 @@ def mount(
     a device proven blank and refuses (409) any other; format='never' mounts an existing filesystem and
     refuses a blank device. Mounting again where it already is changes nothing. Every check runs before
     anything changes. A new filesystem's root is given to `owner` (the desktop user) when that user exists."""
+    device = blockdev.find(storage, address)  # 404 first: nothing else is worth checking without it
     check_options(fstype, format, label)
     target = check_mountpoint(mountpoint, storage.mount_roots)
-    device = blockdev.find(storage, address)
     if device.state == "root":
         raise ApiError(409, f"{device.path} holds the root filesystem; the agent never touches it")
     if device.state == "mounted":
