@@ -11,8 +11,28 @@ from agent import __version__
 from agent.config import ConfigError, load
 from agent.token import TokenError
 
+log = logging.getLogger("agent")
 
-@click.group()
+
+class Commands(click.Group):
+    """No traceback ever reaches the terminal: an unexpected error is one line (the traceback goes to the
+    log at debug level, shown with -v)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            from agent.shell import CommandError
+
+            log.debug("%s failed", ctx.invoked_subcommand, exc_info=True)
+            if isinstance(exc, CommandError):
+                raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=Commands)
 @click.version_option(__version__)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:

@@ -223,3 +223,21 @@ def test_folders_and_new_filesystem_are_usable_by_the_desktop_user_under_umask_0
         assert as_nobody.returncode == 0, as_nobody.stderr
     finally:
         subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
+
+
+def test_cli_shows_no_traceback_when_a_tool_is_missing(loops, tmp_path, config_dict):
+    device = loops(32)
+    config = write_toml(tmp_path / "agent.toml", config_dict)
+    env = {**os.environ, "PATH": str(tmp_path / "empty-path")}  # no lsblk, blkid, mkfs...
+    for command in (["mount", device, str(tmp_path / "mnt/x"), "--format", "if-blank"], ["prewarm", device]):
+        result = subprocess.run(
+            [str(VENV_BIN / "scipioncloud-agent"), *command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "lsblk" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert subprocess.run(["blkid", "-p", device], check=False).returncode == 2
