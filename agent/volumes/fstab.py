@@ -180,6 +180,16 @@ def add(path: Path, entry: Entry) -> bool:
         return True
 
 
+def check_editable(path: Path) -> None:
+    """Raise FstabError when no edit could pass (findmnt reports parse errors in the file as it is)."""
+    if path.exists():
+        parse_errors, _ = verify(path)
+        if parse_errors:
+            raise FstabError(
+                f"{path} has {parse_errors} line(s) findmnt --verify cannot parse; fix them, then try again"
+            )
+
+
 def check_remove(path: Path, uuid: str) -> None:
     """Raise FstabError if removing the agent's line for `uuid` would be refused; writes nothing lasting."""
     with locked(path):

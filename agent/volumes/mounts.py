@@ -166,6 +166,10 @@ def mount(
         )
     if target.exists() and (not target.is_dir() or _is_mountpoint(target) or any(target.iterdir())):
         raise ApiError(409, f"{target} is not an empty, unused folder; pick another mountpoint")
+    try:
+        fstab.check_editable(storage.fstab)  # before mkfs: an fstab findmnt cannot parse refuses every edit
+    except fstab.FstabError as exc:
+        raise ApiError(409, f"{exc}; {device.path} was left untouched") from None
     formatted = False
     if device.state == "blank":
         if format != "if-blank":

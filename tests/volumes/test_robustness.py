@@ -241,3 +241,18 @@ def test_cli_shows_no_traceback_when_a_tool_is_missing(loops, tmp_path, config_d
         assert result.returncode == 1, result.stderr
         assert "lsblk" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert subprocess.run(["blkid", "-p", device], check=False).returncode == 2
+
+
+def test_a_broken_fstab_is_found_before_mkfs(api, loops, tmp_path):
+    """An edit findmnt would refuse is known before anything is formatted: the 409 leaves the device blank."""
+    device = loops(32)
+    table = tmp_path / "fstab"
+    table.write_text("this line is broken by hand\n")
+    response = api.post(
+        f"/v1/volumes/{Path(device).name}/mount",
+        {"mountpoint": str(tmp_path / "mnt" / "b"), "format": "if-blank"},
+    )
+    assert response.status_code == 409 and "untouched" in response.json["error"], response.json
+    assert subprocess.run(["blkid", "-p", device], check=False).returncode == 2
+    assert not (tmp_path / "mnt" / "b").exists()
+    assert table.read_text() == "this line is broken by hand\n"
