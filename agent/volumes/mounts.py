@@ -109,7 +109,10 @@ def check_blank(storage: StorageConfig, device: BlockDevice) -> list[str]:
                 f"({found.why_unknown}); allow ec2:DescribeVolumes to the instance's role, or set "
                 "storage.format_unverified_ebs = true to rely on the zero samples alone"
             ]
-    scan = blank.scan(device.path, device.size)
+    try:
+        scan = blank.scan(device.path, device.size)
+    except OSError as exc:  # an I/O error is no proof of anything
+        return [f"it could not be read to check for data: {exc.strerror or exc}"]
     if scan.nonzero_at is not None:
         return [
             f"it holds data without a signature: non-zero bytes at offset {scan.nonzero_at} "
