@@ -24,6 +24,7 @@ def operation(
     *,
     public: bool = False,
     body: dict | None = None,
+    body_required: bool = False,
     schema: dict | None = None,
     schemas: dict[str, dict] | None = None,
     **responses: str,
@@ -49,7 +50,7 @@ def operation(
     if public:
         op["security"] = []
     if body is not None:
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": body}}}
     return op
 
 

@@ -168,6 +168,7 @@ OPENAPI = {
         "post": operation(
             "Mount a volume (format it only if proven blank and format=if-blank) and add its fstab line",
             body=MOUNT_BODY,
+            body_required=True,
             schema=MOUNTED,
             _200="mounted",
             _400="bad mountpoint, fstype, format or label",

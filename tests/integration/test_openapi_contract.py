@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a loop device for the volume routes"),
 ]
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "8"))
 TIME_LIMIT_S = 240
 
 
