@@ -77,6 +77,7 @@ def test_every_route_keeps_the_openapi_contract(tmp_path):
             timeout=TIME_LIMIT_S,
             check=False,
             env={**os.environ, "SCIPIONCLOUD_TEST_LOOP": Path(loop).name},
+            cwd=tmp_path,  # schemathesis keeps its .schemathesis/ cache in the working folder
         )
     finally:
         stop_agent(agent)
