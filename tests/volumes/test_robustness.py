@@ -256,3 +256,15 @@ def test_a_broken_fstab_is_found_before_mkfs(api, loops, tmp_path):
     assert subprocess.run(["blkid", "-p", device], check=False).returncode == 2
     assert not (tmp_path / "mnt" / "b").exists()
     assert table.read_text() == "this line is broken by hand\n"
+
+
+def test_teardown_finds_mounts_at_odd_paths(loops, tmp_path):
+    """The fixture's own guard: a mount at a path with U+2029, \\x85 or \\r is found and undone."""
+    from tests.volumes.conftest import mounts_under
+
+    device = loops(32)
+    sh("mkfs.ext4", "-q", device)
+    odd = tmp_path / "mnt" / "da\u2029t\x85a\r b"
+    odd.mkdir(parents=True)
+    sh("mount", device, str(odd))
+    assert mounts_under(tmp_path) == [str(odd)]
