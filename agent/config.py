@@ -26,6 +26,10 @@ class ServerConfig:
     token_file: Path = Path("/etc/scipioncloud/agent.token")
     threads: int = 8
     max_body_bytes: int = 64 * 1024
+    # Open connections waitress accepts (its default, 100, lets 100 idle or slow clients lock everyone
+    # out); each costs one file descriptor and no thread until its request is complete.
+    connection_limit: int = 2000
+    channel_timeout_s: int = 30  # an idle or trickling connection is closed after this long
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class StorageConfig:
     # unmounted or read by the agent. "/" always counts; list more here (e.g. "/boot/efi").
     protected_mounts: tuple[str, ...] = ("/",)
     aws_timeout_s: float = 2.0  # DescribeVolumeStatus: one short try, then report "unavailable"
+    # Format an EBS volume whose origin AWS could not confirm (no ec2:DescribeVolumes), relying on the zero
+    # samples alone. Off: such a volume is refused, since one restored from a snapshot may read zeros.
+    format_unverified_ebs: bool = False
 
 
 @dataclass(frozen=True)

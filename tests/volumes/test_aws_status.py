@@ -9,7 +9,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from agent import aws_volumes, blockdev, prewarm
+from agent import aws_volumes
+from agent.volumes import blockdev, prewarm
 from tests.volumes.conftest import needs_root, sectors_read
 
 VOLUME = "vol-0123456789abcdef0"
