@@ -235,7 +235,15 @@ def test_route_reports_builtin_signals(builtin):
     app = builtin(FakePynvml([FakeGpu(gpu_util=50)]))
     body = app.test_client().get("/v1/idle", headers=AUTH).json
     assert body["idle"] is False
-    assert [s["name"] for s in body["signals"]] == ["gpu", "cpu", "desktop"]  # desktop: VNC viewers
+    assert [s["name"] for s in body["signals"]] == [
+        "gpu",
+        "cpu",
+        "scipion",
+        "slurm",
+        "agent_jobs",
+        "ssh",
+        "desktop_input",
+    ]
     assert body["window_s"] == 30 * 60 and body["action"]["kind"] == "none"
     assert any(r.startswith("gpu: GPU 0 at 50%") for r in body["reasons"])
 
