@@ -6,7 +6,7 @@ import click
 
 from scipioncloud import __version__
 from scipioncloud.bake import bake_command
-from scipioncloud.commands import instances, provision
+from scipioncloud.commands import instances, provision, usage
 from scipioncloud.commands.cost import cost
 from scipioncloud.commands.images import images
 from scipioncloud.commands.volumes import volumes
@@ -23,4 +23,5 @@ main.add_command(volumes)
 main.add_command(cost)
 instances.register(main)
 provision.register(main)
+usage.register(main)
 main.add_command(bake_command)
