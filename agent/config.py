@@ -66,8 +66,8 @@ class IdleConfig:
     poweroff_command: str = "systemctl poweroff"  # run (split like a shell) after window + grace idle
     hibernate_command: str = "systemctl hibernate"  # action "hibernate", when /sys/power/state offers disk
     power_state_file: Path = Path("/sys/power/state")
-    postpone_min: float = 60  # "keep running" postpones the action by this much
-    input_idle_min: float = 10  # an SSH terminal or the desktop with input this recent is in use
+    postpone_min: float = 60.0  # "keep running" postpones the action by this much
+    input_idle_min: float = 10.0  # an SSH terminal or the desktop with input this recent is in use
     # Scipion projects: every folder holding project.sqlite under these (ScipionUserData/projects)
     project_dirs: tuple[str, ...] = ("/home/ubuntu/ScipionUserData/projects",)
     utmp_file: Path = Path("/run/utmp")  # who is logged in, as `w` reads it

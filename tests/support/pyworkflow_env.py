@@ -44,25 +44,26 @@ def python() -> Path:
 
 
 LAUNCH = r"""
-import json, sys, time
+import json, os, sys, time
 import pyworkflow as pw
 pw.Config.setDomain("pyworkflowtests")
 from pyworkflow.project import Manager
+from pyworkflow.protocol.hosts import HostConfig
 from pyworkflowtests.protocols import SleepingProtocol
 
-root, name, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-project = Manager().createProject(name, location=f"{root}/{name}")
-# SleepingProtocol's step i sleeps i+1 s: `steps` steps run about steps*(steps+1)/2 s
-protocol = project.newProtocol(SleepingProtocol, objLabel="sleep for the idle test", n=steps)
-project.launchProtocol(protocol)
-deadline = time.time() + 60
-while time.time() < deadline:
-    protocol = project.getProtocol(protocol.getObjId())
-    if protocol.getStatus() == "running" and protocol.getPid():
-        break
-    time.sleep(0.2)
-print(json.dumps({"id": protocol.getObjId(), "pid": protocol.getPid(), "status": protocol.getStatus(),
-                  "label": protocol.getObjLabel(), "project": f"{root}/{name}"}))
+HostConfig.writeBasic(os.environ["SCIPION_HOSTS"])  # pyworkflow's own minimal [localhost]
+
+root, name, steps = sys.argv[1], sys.argv[2], [int(n) for n in sys.argv[3].split(",")]
+project = Manager().createProject(name)  # in SCIPION_USER_DATA/projects, as Scipion's GUI makes it
+os.chdir(project.getPath())  # pyworkflow's paths are relative to the project, as when the GUI opens one
+launched = []
+for n in steps:
+    # SleepingProtocol's step i sleeps i s: n steps run about n*(n+1)/2 s
+    protocol = project.newProtocol(SleepingProtocol, objLabel=f"sleep {n} steps", n=n)
+    project.launchProtocol(protocol)
+    launched.append({"id": protocol.getObjId(), "pid": protocol.getPid(), "label": protocol.getObjLabel(),
+                     "project": project.getPath()})
+print(json.dumps(launched))
 """
 
 
@@ -70,17 +71,26 @@ def env(root: Path) -> dict[str, str]:
     """pyworkflow keeps its user data (logs, settings) under SCIPION_USER_DATA: inside the test's folder."""
     return {
         **os.environ,
-        "SCIPION_USER_DATA": str(root / "user-data"),
+        "SCIPION_USER_DATA": str(root / "ScipionUserData"),
+        "SCIPION_HOSTS": str(root / "hosts.conf"),
+        "SCIPION_CONFIG": str(root / "scipion.conf"),
         "SCIPION_DOMAIN": "pyworkflowtests",
+        "SCIPION_PYTHON": str(python()),  # the interpreter pyworkflow starts each protocol run with
         "SCIPION_NOTIFY": "False",
     }
 
 
-def launch_sleeping_protocol(root: Path, name: str, steps: int) -> dict:
-    """A real project under `root` with one SleepingProtocol of `steps` steps (step i sleeps i s) launched;
-    returns once pyworkflow records it running with its pid."""
+def projects_dir(root: Path) -> Path:
+    """Where the projects of `launch_sleeping_protocol(root, ...)` live: the agent's idle.project_dirs."""
+    return root / "ScipionUserData" / "projects"
+
+
+def launch_sleeping_protocols(root: Path, name: str, *steps: int) -> list[dict]:
+    """A real project `name` (in root/ScipionUserData/projects) with one SleepingProtocol per entry of
+    `steps` (its number of steps; step i sleeps i s), each launched by pyworkflow, which starts the run as
+    its own process. Returns [{id, pid, label, project}] (pid: the launcher's record)."""
     done = subprocess.run(
-        [str(python()), "-c", LAUNCH, str(root), name, str(steps)],
+        [str(python()), "-c", LAUNCH, str(root), name, ",".join(map(str, steps))],
         env=env(root),
         capture_output=True,
         text=True,
@@ -93,17 +103,44 @@ def launch_sleeping_protocol(root: Path, name: str, steps: int) -> dict:
 
 
 def wait_for_status(project: Path, protocol_id: int, statuses: set[str], timeout_s: float = 60) -> str:
-    """Poll project.sqlite (through the agent's read-only reader) until the protocol's status is one of
+    """Poll the protocol's run (through the agent's read-only reader) until its status is one of
     `statuses`."""
-    from agent.scipion_projects import read_protocols
+    from agent.scipion_projects import current, read_protocols
 
     deadline = time.monotonic() + timeout_s
     status = "?"
     while time.monotonic() < deadline:
         for protocol in read_protocols(project):
             if protocol.id == protocol_id:
-                status = protocol.status
+                status = current(project, protocol).status
         if status in statuses:
             return status
         time.sleep(0.3)
     raise TimeoutError(f"protocol {protocol_id} still {status}")
+
+
+def kill_runs(launched: list[dict]) -> None:
+    """End launched protocols' processes (the runs outlive the launcher): a crash as pyworkflow sees one."""
+    import psutil
+
+    pids = {p["pid"] for p in launched}
+    for project in {p["project"] for p in launched}:
+        pids.update(_run_pids(Path(project)))
+    for pid in pids - {0}:
+        try:
+            process = psutil.Process(pid)
+            family = [*process.children(recursive=True), process]
+        except psutil.Error:
+            continue
+        for member in family:
+            try:
+                member.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(family, timeout=10)
+
+
+def _run_pids(project: Path) -> list[int]:
+    from agent.scipion_projects import current, read_protocols
+
+    return [current(project, p).pid for p in read_protocols(project) if current(project, p).pid > 0]
