@@ -102,10 +102,11 @@ def current(project: Path, protocol: Protocol, timeout_s: float = 2.0) -> Protoc
         return protocol
     for row_id, _, _, status, pid, job_ids, _ in _rows(run_db, timeout_s):
         if int(row_id) == protocol.id and status is not None:
+            run_pid = int(pid) if pid and str(pid).isdigit() else 0
             return replace(
                 protocol,
                 status=status,
-                pid=int(pid) if pid and str(pid).isdigit() else 0,
+                pid=run_pid or protocol.pid,  # 0 in a run.db just copied at launch: the launcher's pid holds
                 job_ids=tuple(j for j in (job_ids or "").split(",") if j.strip()),
             )
     return protocol

@@ -59,7 +59,8 @@ os.chdir(project.getPath())  # pyworkflow's paths are relative to the project, a
 launched = []
 for n in steps:
     # SleepingProtocol's step i sleeps i s: n steps run about n*(n+1)/2 s
-    protocol = project.newProtocol(SleepingProtocol, objLabel=f"sleep {n} steps", n=n)
+    protocol = project.newProtocol(SleepingProtocol, n=n)
+    protocol.setObjLabel(f"sleep {n} steps")
     project.launchProtocol(protocol)
     launched.append({"id": protocol.getObjId(), "pid": protocol.getPid(), "label": protocol.getObjLabel(),
                      "project": project.getPath()})
@@ -89,17 +90,20 @@ def launch_sleeping_protocols(root: Path, name: str, *steps: int) -> list[dict]:
     """A real project `name` (in root/ScipionUserData/projects) with one SleepingProtocol per entry of
     `steps` (its number of steps; step i sleeps i s), each launched by pyworkflow, which starts the run as
     its own process. Returns [{id, pid, label, project}] (pid: the launcher's record)."""
-    done = subprocess.run(
-        [str(python()), "-c", LAUNCH, str(root), name, ",".join(map(str, steps))],
-        env=env(root),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # Output to a file, not a pipe: the runs inherit it and outlive the launcher
+    out, err = root / "pyworkflow-launch.out", root / "pyworkflow-launch.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        done = subprocess.run(
+            [str(python()), "-c", LAUNCH, str(root), name, ",".join(map(str, steps))],
+            env=env(root),
+            stdout=stdout,
+            stderr=stderr,
+            timeout=180,
+            check=False,
+        )
     if done.returncode != 0:
-        raise RuntimeError(f"pyworkflow launch failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"pyworkflow launch failed: {err.read_text()[-2000:]}")
+    return json.loads(out.read_text().strip().splitlines()[-1])
 
 
 def wait_for_status(project: Path, protocol_id: int, statuses: set[str], timeout_s: float = 60) -> str:
