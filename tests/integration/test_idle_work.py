@@ -63,7 +63,8 @@ def test_a_running_pyworkflow_protocol_is_work_and_a_finished_or_dead_one_is_not
         assert f"idle-test/{long['id']} sleep 12 steps (running)" in signal.reason
         assert f"{short['id']} sleep 1 steps" not in signal.reason  # finished: not work
         body = app.test_client().get("/v1/idle", headers=AUTH).json
-        assert any(r.startswith("scipion: Scipion protocol(s) idle-test/") for r in body["decision"]["reasons"])
+        reasons = body["decision"]["reasons"]
+        assert any(r.startswith("scipion: Scipion protocol(s) idle-test/") for r in reasons)
         # The run dies (a crash): its db still says "running", but no process is left
         pyworkflow_env.kill_runs(launched)
         signal = verdict(app, "scipion")
@@ -150,7 +151,7 @@ def test_the_desktop_counts_only_with_recent_input(x_display, make_app, tmp_path
         idle={"input_idle_min": 2 / 60, "xauthority": str(tmp_path / "no-xauthority")},
     )
     # nobody touched the new desktop: after 2 s it is idle, though the X server (and a viewer) is up
-    signal = wait_until(lambda: (s := verdict(app, "desktop_input")) and not s.busy and s, what="idle desktop")
+    signal = wait_until(lambda: (s := verdict(app, "desktop_input")) and not s.busy and s, what="no input")
     assert signal.reason.startswith(f"desktop :{x_display}: no input for ")
     xdotool(x_display, "mousemove", "100", "100")
     signal = verdict(app, "desktop_input")

@@ -8,6 +8,7 @@ the run as its own process and records `_status` and `_pid` in project.sqlite.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -137,10 +138,8 @@ def kill_runs(launched: list[dict]) -> None:
         except psutil.Error:
             continue
         for member in family:
-            try:
+            with contextlib.suppress(psutil.Error):
                 member.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(family, timeout=10)
 
 

@@ -166,7 +166,8 @@ def test_idle_rule_hears_the_desktop(tmp_path, auth):
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         config = from_dict(agent_config_dict(tmp_path, desktop={"port": server.getsockname()[1]}))
-        assert "desktop" not in create_app(config, token=TOKEN).extensions[idle.SIGNALS]  # input counts instead
+        # by default input counts, not a connection
+        assert "desktop" not in create_app(config, token=TOKEN).extensions[idle.SIGNALS]
         config = from_dict(
             agent_config_dict(
                 tmp_path, desktop={"port": server.getsockname()[1]}, idle={"watch_vnc_viewers": True}
