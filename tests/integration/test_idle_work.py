@@ -249,3 +249,68 @@ def test_each_signal_can_be_turned_off(make_app):
     assert app.extensions.get(idle.SIGNALS, {}) == {}
     body = app.test_client().get("/v1/idle", headers=AUTH).json
     assert body["idle"] is False and body["decision"]["reasons"] == ["no signal to watch: never idle"]
+
+
+# -- the warning in the desktop session ---------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_warning_shows_on_the_desktop_and_keep_running_postpones(x_display, make_app, tmp_path):
+    """A real libnotify client (notify-send) on the session's D-Bus, a real notification daemon (dunst) on
+    the desktop's X server; the user's click is dunst's own `dunstctl action`."""
+    for tool in ("dbus-daemon", "dunst", "dunstctl", "notify-send"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} missing (tools/apt-packages.txt)")
+    from agent import idle_notify
+
+    bus = f"unix:path={tmp_path / 'session-bus'}"
+    session = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": bus, "DISPLAY": f":{x_display}"}
+    log = (tmp_path / "session.log").open("w")
+    daemons = [
+        subprocess.Popen(["dbus-daemon", "--session", f"--address={bus}", "--nofork"], stdout=log, stderr=log)
+    ]
+    try:
+        wait_until(lambda: (tmp_path / "session-bus").exists(), what="the session bus")
+        daemons.append(subprocess.Popen(["dunst"], env=session, stdout=log, stderr=log))
+        import getpass
+
+        app = make_app(
+            desktop={"display": x_display, "user": getpass.getuser()},
+            idle={"action": "poweroff", "window_min": 1, "grace_min": 5, "session_bus": bus,
+                  "poweroff_command": f"touch {tmp_path / 'powered-off'}"},
+        )  # fmt: skip
+        app.extensions[idle.SIGNALS].clear()
+        idle.register_signal(app, "test", lambda: idle.Signal(False, "nothing runs"))
+        config = app.config["SCIPIONCLOUD"]
+        clock = Clock()
+        notifier = idle_notify.Notifier("notify-send", config.desktop.user, x_display, bus)
+        monitor = idle.IdleMonitor(app, config.idle, clock=clock, notifier=notifier)
+        monitor.check()
+        clock.now += 61
+        state = monitor.check()
+        assert state["decision"]["decision"] == "warn"
+
+        def displayed() -> int:
+            done = subprocess.run(
+                ["dunstctl", "count", "displayed"], env=session, capture_output=True, text=True
+            )
+            return int(done.stdout.strip() or 0)
+
+        wait_until(lambda: displayed() == 1, what="the notification on the desktop")
+        subprocess.run(["dunstctl", "action", "0"], env=session, check=True, timeout=10)  # "Keep running"
+        notifier.join(10)
+        assert notifier.last_result == "shown; user chose 'default'"
+        assert monitor.last["decision"]["decision"] == "stay"
+        assert monitor.last["postponed_until"] is not None
+        assert not (tmp_path / "powered-off").exists()
+    finally:
+        for daemon in reversed(daemons):
+            processes.stop(daemon)
+        log.close()
