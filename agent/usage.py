@@ -234,13 +234,15 @@ class UsageMeter:
         day["wall_s"] += dt
         _add(day, "cost_usd", cost)
         if protocols:
+            # GPU time decides where GPU work ran (work outside Scipion takes its share), else CPU time
             if sum(gpu_share.values()) > 0:
                 weights = {key: gpu_share.get(key, 0.0) for key in protocols}
+                other_weight = gpu_other
             elif sum(cpu.values()) > 0:
-                weights = dict(cpu)
+                weights, other_weight = dict(cpu), 0.0
             else:
-                weights = dict.fromkeys(protocols, 1.0)
-            total = sum(weights.values())
+                weights, other_weight = dict.fromkeys(protocols, 1.0), 0.0
+            total = sum(weights.values()) + other_weight
             for key in protocols:
                 entry = day["protocols"].setdefault(
                     f"{key[0]}\x00{key[1]}",
@@ -251,7 +253,10 @@ class UsageMeter:
                 entry["gpu_s"] += gpu_share.get(key, 0.0) * dt
                 entry["gpu_memory_max_bytes"] = max(entry["gpu_memory_max_bytes"], gpu_memory.get(key, 0.0))
                 _add(entry, "cost_usd", None if cost is None else cost * weights[key] / total)
-            _add(day, "attributed_cost_usd", cost)
+            _add(day, "attributed_cost_usd", None if cost is None else cost * (total - other_weight) / total)
+            if other_weight:
+                day["other_s"] += dt * other_weight / total
+                _add(day, "other_cost_usd", None if cost is None else cost * other_weight / total)
         elif gpu_other > 0 or self._host_busy():
             day["other_s"] += dt
             _add(day, "other_cost_usd", cost)
@@ -288,6 +293,9 @@ class UsageMeter:
                 project["protocols"].append({k: _round(v) for k, v in entry.items() if k != "project"})
                 for field in ("wall_s", "cpu_s", "gpu_s"):
                     project[field] += entry[field]
+                project["gpu_memory_max_bytes"] = max(
+                    project["gpu_memory_max_bytes"], entry["gpu_memory_max_bytes"]
+                )
                 _add(project, "cost_usd", entry["cost_usd"])
             out_days.append(
                 {
@@ -380,7 +388,7 @@ def _add(target: dict, key: str, value: float | None) -> None:
 
 
 def _round(value: Any) -> Any:
-    return round(value, 6) if isinstance(value, float) else value
+    return round(value, 9) if isinstance(value, float) else value  # sub-cent: a test price is tiny
 
 
 def meter(app: Flask) -> UsageMeter:
