@@ -205,8 +205,7 @@ class IdleMonitor:
             if not quiet:
                 self.quiet_since = None
                 self.action_ran_at = None  # activity came back: the action may run again later
-                self.warned_at = None
-                self.postponed_until = None
+                self.warned_at = None  # a postponement holds on: "keep running" means until then, busy or not
             elif self.quiet_since is None:
                 self.quiet_since = now
             idle = self.quiet_since is not None and now - self.quiet_since >= self.window_s
