@@ -57,11 +57,11 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class IdleConfig:
-    gpu_util_pct: float = 5
-    cpu_pct: float = 10
-    window_min: float = 30
+    gpu_util_pct: float = 5.0  # floats: a fraction of a minute must not be cut to 0 when read
+    cpu_pct: float = 10.0
+    window_min: float = 30.0
     action: str = "none"
-    grace_min: float = 10
+    grace_min: float = 10.0
     check_interval_s: float = 10.0  # how often the idle rule looks; a 30-min window needs no more
     poweroff_command: str = "systemctl poweroff"  # run (split like a shell) after window + grace idle
     hibernate_command: str = "systemctl hibernate"  # action "hibernate", when /sys/power/state offers disk
