@@ -14,17 +14,39 @@ import subprocess
 import threading
 from collections.abc import Callable
 
+import psutil
+
 log = logging.getLogger(__name__)
 KEEP = "default"  # libnotify's default action: a click on the notification or its "Keep running" button
 
 
+def find_session_bus(uid: int, display: int) -> str | None:
+    """The bus the desktop session runs (startxfce4 starts its own through dbus-launch): read from the
+    environment of one of the user's processes on that display, as scripts that notify a session do."""
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.info["uids"] is None or process.info["uids"].real != uid:
+                continue
+            environ = process.environ()
+        except psutil.Error:
+            continue
+        if environ.get("DISPLAY", "").split(".")[0] == f":{display}" and environ.get(
+            "DBUS_SESSION_BUS_ADDRESS"
+        ):
+            return environ["DBUS_SESSION_BUS_ADDRESS"]
+    return None
+
+
 def session_env(user: str, display: int, bus: str) -> dict[str, str]:
+    """DISPLAY and the session bus: the configured one, else the session's own, else systemd's user bus."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DISPLAY": f":{display}"}
     try:
         uid = pwd.getpwnam(user).pw_uid
     except KeyError:
         uid = None
-    env["DBUS_SESSION_BUS_ADDRESS"] = bus or (f"unix:path=/run/user/{uid}/bus" if uid is not None else "")
+    if not bus and uid is not None:
+        bus = find_session_bus(uid, display) or f"unix:path=/run/user/{uid}/bus"
+    env["DBUS_SESSION_BUS_ADDRESS"] = bus
     return env
 
 

@@ -290,7 +290,9 @@ def test_the_warning_shows_on_the_desktop_and_keep_running_postpones(x_display, 
         idle.register_signal(app, "test", lambda: idle.Signal(False, "nothing runs"))
         config = app.config["SCIPIONCLOUD"]
         clock = Clock()
-        notifier = idle_notify.Notifier("notify-send", config.desktop.user, x_display, bus)
+        # no bus configured: the agent finds the session's own in its processes' environment (dunst's here)
+        assert idle_notify.session_env(config.desktop.user, x_display, "")["DBUS_SESSION_BUS_ADDRESS"] == bus
+        notifier = idle_notify.Notifier("notify-send", config.desktop.user, x_display, "")
         monitor = idle.IdleMonitor(app, config.idle, clock=clock, notifier=notifier)
         monitor.check()
         clock.now += 61
