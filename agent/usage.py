@@ -64,6 +64,7 @@ class Prices:
     def __init__(self, app: Flask, config: Config) -> None:
         self.app, self.config = app, config
         self._volumes: tuple[float, float] | None = None  # (per hour, looked-up at)
+        self._loaded = None  # the price table, read once (a scrape must not parse it)
 
     def instance_per_hour(self) -> tuple[float | None, str]:
         usage = self.config.usage
@@ -83,12 +84,14 @@ class Prices:
     def _table(self):
         from scipioncloud import costs  # the CLI's price table: one place for prices
 
+        if self._loaded is not None:
+            return self._loaded
         path = Path(self.config.usage.prices_file) if self.config.usage.prices_file else None
         try:
-            return costs.load_table(path)
+            self._loaded = costs.load_table(path)
         except (OSError, ValueError, KeyError):
             log.exception("price table unreadable")
-            return None
+        return self._loaded
 
     def _table_region(self, region: str):
         table = self._table()
