@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent import idle, inflight
@@ -134,11 +136,20 @@ def x_display(tmp_path):
     os.close(write)
     with os.fdopen(read) as pipe:
         number = int(pipe.readline().strip())
+    X_SERVERS[number] = server.pid
     try:
         yield number
     finally:
+        server.send_signal(signal.SIGCONT)  # a test may have frozen it
         processes.stop(server)
         log.close()
+
+
+X_SERVERS: dict[int, int] = {}  # display -> the Xvnc pid the fixture started
+
+
+def x_server_pid(display: int) -> int:
+    return X_SERVERS[display]
 
 
 def xdotool(display: int, *args: str) -> None:
@@ -158,9 +169,19 @@ def test_the_desktop_counts_only_with_recent_input(x_display, make_app, tmp_path
     assert signal.busy is True and signal.reason == f"desktop :{x_display} had input 0 s ago"
 
 
-def test_no_x_server_is_idle_and_a_hung_one_is_busy(make_app, tmp_path):
+def test_no_x_server_is_idle_and_a_hung_one_is_busy(x_display, make_app, tmp_path):
     app = make_app(desktop={"display": 250})
     assert verdict(app, "desktop_input") == idle.Signal(False, "no X server on :250")
+    app = make_app(desktop={"display": x_display}, idle={"xauthority": str(tmp_path / "none")})
+    pid = x_server_pid(x_display)
+    os.kill(pid, signal.SIGSTOP)  # a wedged X server: the query must time out, not hang the idle rule
+    try:
+        started = time.monotonic()
+        result = verdict(app, "desktop_input")
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.busy is True and f"the X server on :{x_display} did not answer" in result.reason
 
 
 # -- the GPU, through the NVML boundary -------------------------------------------------------------------
@@ -230,6 +251,12 @@ def test_a_slurm_job_on_this_node_is_work(tmp_path, make_app):
         job = cluster.sbatch(script, cwd=tmp_path)
         signal = wait_until(lambda: (s := verdict(app, "slurm")).busy and "RUNNING" in s.reason.upper() and s)
         assert f"Slurm job(s) on {slurm.NODE}: {job} " in signal.reason
+        # the usage report finds the job's processes on this node the same way (scontrol listpids)
+        from agent import slurm_jobs
+
+        pids = wait_until(lambda: slurm_jobs.job_pids(job, cluster.conf), what="the job's processes")
+        names = {psutil.Process(pid).name() for pid in pids if psutil.pid_exists(pid)}
+        assert "sleep" in names, names
         cluster.run("scancel", job)
         wait_until(lambda: not verdict(app, "slurm").busy, what="the job to leave the queue")
 
