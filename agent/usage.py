@@ -177,7 +177,8 @@ class UsageMeter:
             process = psutil.Process(pid)
             with process.oneshot():
                 times = process.cpu_times()
-                total = times.user + times.system + times.children_user + times.children_system
+                # own time only: live descendants are counted themselves (children_* would count them twice)
+                total = times.user + times.system
                 created = process.create_time()
         except psutil.Error:
             return 0.0

@@ -162,3 +162,30 @@ def test_usage_survives_a_restart(tmp_path, monkeypatch):
     again = usage.meter(create_app(config, token=TOKEN))
     again.sample()  # a restart: the time the agent was down is never counted
     assert again.report()["totals"]["wall_s"] == before > 0
+
+
+def test_cpu_time_of_a_protocols_processes_decides_its_share(tmp_path, monkeypatch):
+    """Two protocols without GPU work: a real process burning CPU and one sleeping; the CPU time measured
+    from /proc splits the cost."""
+    monkeypatch.setitem(sys.modules, "pynvml", FakePynvml([]))
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        config = agent_config_dict(tmp_path, usage={"price_per_hour": PRICE})
+        meter = usage.meter(create_app(from_dict(config), token=TOKEN))
+        owners = {burner.pid: ("cryo", "7 relion refine"), sleeper.pid: ("cryo", "8 import movies")}
+        monkeypatch.setattr(meter, "_owners", lambda: owners)
+        for _ in range(5):
+            meter.sample()
+            time.sleep(0.4)
+        meter.sample()
+    finally:
+        processes.stop(burner)
+        processes.stop(sleeper)
+    (day,) = meter.report()["days"]
+    by_name = {p["protocol"]: p for p in day["projects"][0]["protocols"]}
+    refine, imports = by_name["7 relion refine"], by_name["8 import movies"]
+    assert refine["cpu_s"] > 0.3 and imports["cpu_s"] < 0.05
+    assert refine["cost_usd"] > 10 * imports["cost_usd"]
+    assert refine["wall_s"] == imports["wall_s"] == pytest.approx(day["wall_s"])
+    assert refine["cost_usd"] + imports["cost_usd"] == pytest.approx(day["cost_usd"], rel=1e-6)
