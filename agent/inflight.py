@@ -4,6 +4,7 @@ rule says busy. A job registers in one line and is forgotten when it ends:
     with inflight.track(app, "prewarm", "/dev/nvme1n1"):
         ...                                     # or: handle = inflight.begin(...); inflight.end(app, handle)
 
+A manager built in init_app may keep `inflight.registry(app)` and call `registry.track(kind, what)` itself.
 A job that runs a child process may pass its `pid`: an entry whose process has died is dropped, so a crashed
 job can never keep the machine on forever.
 """
@@ -51,6 +52,15 @@ class Registry:
         with self._lock:
             self._jobs.pop(job_id, None)
 
+    @contextmanager
+    def track(self, kind: str, what: str, *, pid: int | None = None) -> Iterator[str]:
+        """For code that holds the registry rather than the app (a job manager built in init_app)."""
+        job_id = self.begin(kind, what, pid=pid)
+        try:
+            yield job_id
+        finally:
+            self.end(job_id)
+
     def active(self) -> list[Job]:
         with self._lock:
             for job_id in [j.id for j in self._jobs.values() if not j.alive()]:
@@ -70,10 +80,6 @@ def end(app: Flask, job_id: str) -> None:
     registry(app).end(job_id)
 
 
-@contextmanager
-def track(app: Flask, kind: str, what: str, *, pid: int | None = None) -> Iterator[str]:
-    job_id = begin(app, kind, what, pid=pid)
-    try:
-        yield job_id
-    finally:
-        end(app, job_id)
+def track(app: Flask, kind: str, what: str, *, pid: int | None = None):
+    """Context manager: the job is in flight inside the block."""
+    return registry(app).track(kind, what, pid=pid)
