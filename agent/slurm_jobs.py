@@ -49,16 +49,34 @@ def _run(argv: list[str], conf: Path, timeout_s: float) -> str:
     return done.stdout
 
 
-def jobs_on_node(node: str, conf: Path, *, timeout_s: float = 5.0) -> list[Job]:
-    """Running and pending jobs that use `node`; [] without Slurm."""
-    if not installed(conf):
-        return []
-    out = _run(["squeue", "--noheader", "--nodelist", node, "--format", "%i|%T|%u|%j"], conf, timeout_s)
+FORMAT = "%i|%T|%u|%j"
+
+
+def _jobs(out: str) -> list[Job]:
     jobs = []
     for line in out.splitlines():
         parts = line.strip().split("|", 3)
         if len(parts) == 4:
             jobs.append(Job(*parts))
+    return jobs
+
+
+def jobs_on_node(node: str, conf: Path, *, timeout_s: float = 5.0) -> list[Job]:
+    """Jobs running on `node`, and pending jobs of the partitions `node` belongs to (they may start here;
+    a pending job has no node yet, so `squeue --nodelist` alone would miss it); [] without Slurm."""
+    if not installed(conf):
+        return []
+    jobs = _jobs(_run(["squeue", "--noheader", "--nodelist", node, "--format", FORMAT], conf, timeout_s))
+    partitions = _run(["sinfo", "--noheader", "--nodes", node, "--format", "%R"], conf, timeout_s).split()
+    if partitions:
+        pending = _run(
+            ["squeue", "--noheader", "--states", "PENDING", "--partition", ",".join(sorted(set(partitions))),
+             "--format", FORMAT],
+            conf,
+            timeout_s,
+        )  # fmt: skip
+        seen = {job.id for job in jobs}
+        jobs += [job for job in _jobs(pending) if job.id not in seen]
     return jobs
 
 

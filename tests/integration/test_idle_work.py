@@ -259,6 +259,12 @@ def test_a_slurm_job_on_this_node_is_work(tmp_path, make_app):
         assert "sleep" in names, names
         cluster.run("scancel", job)
         wait_until(lambda: not verdict(app, "slurm").busy, what="the job to leave the queue")
+        # a job still waiting in this node's partition is work to come: it keeps the node on
+        held = cluster.run("sbatch", "--begin=now+1hour", f"--output={tmp_path}/held.out", str(script))
+        held = held.stdout.split()[-1]
+        signal = wait_until(lambda: (s := verdict(app, "slurm")).busy and s, what="the pending job")
+        assert f"{held} " in signal.reason and "(pending," in signal.reason
+        cluster.run("scancel", held)
 
 
 def test_slurm_without_a_configuration_is_not_watched(make_app, tmp_path):
