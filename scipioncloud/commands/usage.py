@@ -20,11 +20,16 @@ def register(main: click.Group) -> None:
 
 
 def _money(value: Any) -> str:
-    return "unknown" if value is None else f"${value:,.2f}"
+    if value is None:
+        return "unknown"
+    return f"${value:,.2f}" if value >= 0.995 or value == 0 else f"${value:.4f}"  # cents of a short run
 
 
 def _hours(seconds: Any) -> str:
-    return f"{(seconds or 0) / 3600:.2f} h"
+    seconds = seconds or 0
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
 def describe_usage(report: dict[str, Any]) -> list[str]:

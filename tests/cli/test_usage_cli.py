@@ -42,7 +42,7 @@ def test_usage_and_keep_running_through_the_tunnel(cli, our_ami, key_pair, sshd,
     text = cli("usage", "cryo-usage", *ssh)
     assert text.exit_code == 0, text.output
     assert text.stdout.startswith("price: $1.21/h instance")
-    assert "saved by 0 idle stop(s)" in text.stdout
+    assert "saved by 0 idle stop(s): $0.00" in text.stdout
     assert priced_agent.token not in text.output
 
     state = cli.json("keep-running", "cryo-usage", "--minutes", "90", *ssh)
@@ -79,11 +79,11 @@ def test_describe_usage_names_every_part():
     }  # fmt: skip
     lines = describe_usage(report)
     assert lines == [
-        "price: $1.01/h instance + $0.05/h volumes (price table)",
+        "price: $1.01/h instance + $0.0548/h volumes (price table)",
         "2026-11-30: $2.12 over 2.00 h",
         "  apoferritin: $1.52",
-        "    12 motioncor: $1.52 (wall 1.43 h, GPU 1.11 h, CPU 0.25 h)",
-        "  other work: $0.10 (0.09 h)",
-        "  idle, nobody used it: $0.50 (0.47 h)",
+        "    12 motioncor: $1.52 (wall 1.43 h, GPU 1.11 h, CPU 15.0 min)",
+        "  other work: $0.1000 (5.7 min)",
+        "  idle, nobody used it: $0.5000 (28.3 min)",
         "saved by 2 idle stop(s): $12.07 (would have cost $14.19, cost $2.12)",
     ]
