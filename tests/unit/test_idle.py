@@ -425,3 +425,8 @@ def test_a_stop_is_remembered_for_the_savings(setup, tmp_path):
     assert marker.exists()
     stops = json.loads((tmp_path / "state" / idle.STOPS_FILE).read_text())
     assert stops == [{"stopped_at": clock.now, "action": "poweroff"}]
+
+
+def test_stop_is_poweroff_with_shutdown_behaviour_stop(tmp_path):
+    config = from_dict(agent_config_dict(tmp_path, idle={"action": "stop", "poweroff_command": "true"})).idle
+    assert idle.power_action(config) == ("true", "poweroff (shutdown behaviour stop)")
