@@ -76,6 +76,7 @@ build {
 
   provisioner "ansible" {
     playbook_file    = "${path.root}/../roles/site.yml"
+    command          = var.ansible_playbook
     user             = "ubuntu"
     use_proxy        = false
     ansible_env_vars = local.ansible_env
@@ -103,6 +104,7 @@ build {
   # Last: nothing may run on the machine after sysprep.
   provisioner "ansible" {
     playbook_file    = "${path.root}/../roles/sysprep.yml"
+    command          = var.ansible_playbook
     user             = "ubuntu"
     use_proxy        = false
     ansible_env_vars = local.ansible_env

@@ -92,6 +92,12 @@ variable "verify_gpu" {
   default     = true
 }
 
+variable "ansible_playbook" {
+  type        = string
+  description = "The ansible-playbook the provisioners run (the driver passes the one installed with ScipionCloud)."
+  default     = "ansible-playbook"
+}
+
 variable "ansible_overrides_file" {
   type        = string
   description = "Optional Ansible vars file applied after the image's (a site's package mirror, or the rehearsal's local repository)."

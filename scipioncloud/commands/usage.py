@@ -11,13 +11,6 @@ from scipioncloud import agent_client, tunnel
 from scipioncloud.commands.common import command
 from scipioncloud.commands.instances import _ssh_target, ssh_options
 
-_holder = click.Group()
-
-
-def register(main: click.Group) -> None:
-    for cmd in (usage, keep_running):
-        main.add_command(cmd)
-
 
 def _money(value: Any) -> str:
     if value is None:
@@ -61,7 +54,7 @@ def describe_usage(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-@command(_holder, "usage")
+@command(None, "usage")
 @click.argument("instance")
 @click.option("--days", type=click.IntRange(1, 400), default=7, show_default=True, help="Last N UTC days.")
 @ssh_options
@@ -74,7 +67,7 @@ def usage(run, instance, days, key, user, ssh_host, ssh_port, ssh_opts):
     run.out.emit(report, text="\n".join(describe_usage(report)))
 
 
-@command(_holder, "keep-running")
+@command(None, "keep-running")
 @click.argument("instance")
 @click.option("--minutes", type=click.FloatRange(1, 24 * 60), help="Default: the agent's idle.postpone_min.")
 @ssh_options
@@ -86,3 +79,6 @@ def keep_running(run, instance, minutes, key, user, ssh_host, ssh_port, ssh_opts
     with tunnel.open_tunnel(target) as url:
         state = agent_client.AgentClient(url, token).post("/v1/idle/postpone", body)
     run.out.emit(state, text=f"idle action postponed until {state.get('postponed_until')}")
+
+
+COMMANDS = [usage, keep_running]
