@@ -4,6 +4,7 @@ the NVML boundary (tests/support/fake_pynvml.py), listing this test's own proces
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -254,9 +255,15 @@ def test_a_slurm_job_on_this_node_is_work(tmp_path, make_app):
         # the usage report finds the job's processes on this node the same way (scontrol listpids)
         from agent import slurm_jobs
 
-        pids = wait_until(lambda: slurm_jobs.job_pids(job, cluster.conf), what="the job's processes")
-        names = {psutil.Process(pid).name() for pid in pids if psutil.pid_exists(pid)}
-        assert "sleep" in names, names
+        def names() -> set[str]:
+            found = set()
+            for pid in slurm_jobs.job_pids(job, cluster.conf):
+                with contextlib.suppress(psutil.Error):
+                    found.add(psutil.Process(pid).name())
+            return found
+
+        # the batch shell first, then its `sleep`: the job's processes as Slurm tracks them on this node
+        wait_until(lambda: "sleep" in names(), what="the job's sleep among its processes")
         cluster.run("scancel", job)
         wait_until(lambda: not verdict(app, "slurm").busy, what="the job to leave the queue")
         # a job still waiting in this node's partition is work to come: it keeps the node on
