@@ -40,7 +40,7 @@ def verdict(app, name: str) -> idle.Signal:
     return app.extensions[idle.SIGNALS][name]()
 
 
-def wait_until(check, timeout_s: float = 30, what: str = "condition"):
+def wait_until(check, timeout_s: float = 60, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = check()
