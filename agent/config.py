@@ -64,13 +64,42 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class IdleConfig:
-    gpu_util_pct: float = 5
-    cpu_pct: float = 10
-    window_min: float = 30
+    gpu_util_pct: float = 5.0  # floats: a fraction of a minute must not be cut to 0 when read
+    cpu_pct: float = 10.0
+    window_min: float = 30.0
     action: str = "none"
-    grace_min: float = 10
+    grace_min: float = 10.0
     check_interval_s: float = 10.0  # how often the idle rule looks; a 30-min window needs no more
     poweroff_command: str = "systemctl poweroff"  # run (split like a shell) after window + grace idle
+    hibernate_command: str = "systemctl hibernate"  # action "hibernate", when /sys/power/state offers disk
+    power_state_file: Path = Path("/sys/power/state")
+    postpone_min: float = 60.0  # "keep running" postpones the action by this much
+    input_idle_min: float = 10.0  # an SSH terminal or the desktop with input this recent is in use
+    # Scipion projects: every folder holding project.sqlite under these (ScipionUserData/projects)
+    project_dirs: tuple[str, ...] = ("/home/ubuntu/ScipionUserData/projects",)
+    utmp_file: Path = Path("/run/utmp")  # who is logged in, as `w` reads it
+    xauthority: Path = Path("~/.Xauthority")  # "~": the desktop user's home
+    session_bus: str = ""  # the desktop session's D-Bus; "" = unix:path=/run/user/UID/bus of the desktop user
+    notify_command: str = "notify-send"  # libnotify's client, run in the session for the warning
+    # Each signal can be turned off (then it is not consulted at all).
+    watch_gpu: bool = True
+    watch_cpu: bool = True
+    watch_scipion: bool = True
+    watch_slurm: bool = True
+    watch_inflight: bool = True
+    watch_ssh: bool = True
+    watch_desktop_input: bool = True
+    watch_vnc_viewers: bool = False  # a connected viewer alone (no input) does not keep the machine on
+    slurm_node: str = ""  # "" = this host's short name
+    slurm_conf: str = ""  # "" = $SLURM_CONF or /etc/slurm/slurm.conf; without one, Slurm is not watched
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    interval_s: float = 15.0  # how often usage is sampled and attributed
+    price_per_hour: float | None = None  # the instance's price; None = the price table, by IMDS type
+    prices_file: str = ""  # "" = the price table shipped with the CLI (scipioncloud/data/prices.json)
+    volume_type: str = "gp3"  # EBS type assumed for attached volumes when AWS does not say
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,7 @@ class Config:
     host: HostConfig = field(default_factory=HostConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     idle: IdleConfig = field(default_factory=IdleConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
     desktop: DesktopConfig = field(default_factory=DesktopConfig)
 
     @property
@@ -115,7 +145,7 @@ class Config:
 
 
 CHOICES = {
-    ("idle", "action"): ("none", "poweroff"),
+    ("idle", "action"): ("none", "poweroff", "stop", "hibernate"),
     ("desktop", "vnc"): ("turbovnc", "tigervnc"),
     ("desktop", "manager"): ("auto", "systemd", "agent"),
 }

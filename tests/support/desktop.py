@@ -227,11 +227,12 @@ class DesktopStack:
     """The role's pieces running for real, rendered for a temp dir: first-boot secrets, the session (run
     by the agent, which supervises it where systemd is not PID 1), websockify, nginx with TLS."""
 
-    def __init__(self, root: Path, *, nginx: bool = True) -> None:
+    def __init__(self, root: Path, *, nginx: bool = True, agent_sections: dict | None = None) -> None:
         from tests.conftest import free_port
 
         self.root = root
         self.with_nginx = nginx
+        self.agent_sections = agent_sections or {}  # more agent.toml sections (e.g. a short idle window)
         self.display = free_display()
         self.vnc_port, self.ws_port, self.agent_port = free_port(), free_port(), free_port()
         self.https_port, self.http_port = free_port(), free_port()
@@ -305,6 +306,7 @@ class DesktopStack:
                 "info_file": self.vars["desktop_info_file"],
                 "websockify": self.vars["desktop_websockify_listen"],
             },
+            **self.agent_sections,
         )
 
     def _spawn(self, name: str, args: list[str], **kw) -> subprocess.Popen:
