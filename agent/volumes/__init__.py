@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, current_app, jsonify
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agent import services, shell
+from agent import inflight, services, shell
 from agent.config import Config
 from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
@@ -197,7 +197,7 @@ def _tool_failed(exc: shell.CommandError):
 
 
 def init_app(app: Flask, config: Config) -> None:
-    manager = PrewarmManager(config.storage)
+    manager = PrewarmManager(config.storage, inflight=inflight.registry(app))
     app.extensions[EXTENSION] = manager
     services.register(app, "prewarm", manager)
 

@@ -25,6 +25,7 @@ from typing import IO
 from agent import aws_volumes
 from agent.config import StorageConfig
 from agent.errors import ApiError
+from agent.inflight import Registry
 from agent.volumes import blockdev
 from agent.volumes.blockdev import BlockDevice
 
@@ -264,8 +265,11 @@ class PrewarmManager:
         storage: StorageConfig,
         *,
         aws_status: Callable[[str], dict | None] | None = None,
+        inflight: Registry | None = None,
     ) -> None:
         self.storage = storage
+        # While a job reads, the idle rule sees work in flight (agent/inflight.py); none from the CLI.
+        self.inflight = inflight
         self.store = CheckpointStore(storage.state_dir)
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
@@ -396,8 +400,10 @@ class PrewarmManager:
                         job.interrupt.set()
 
     def _run(self, job: Job, force: bool) -> None:
+        in_flight = self.inflight.track("prewarm", job.device) if self.inflight else contextlib.nullcontext()
         try:
-            self._read(job, force)
+            with in_flight:
+                self._read(job, force)
         except Exception as exc:
             log.exception("pre-warm of %s failed", job.device)
             job.state, job.error = "failed", str(exc)

@@ -181,6 +181,27 @@ def test_several_volumes_share_the_global_rate_limit(loops, storage):
     assert elapsed >= 0.85 * 2 * 24 * MiB / 24e6, elapsed
 
 
+def test_a_running_prewarm_is_work_in_flight_for_the_idle_rule(loops, storage):
+    import dataclasses
+
+    from agent.inflight import Registry
+    from agent.volumes import blockdev
+
+    slow = dataclasses.replace(storage, prewarm_rate_mb_s=8)
+    device = loops(24)
+    registry = Registry()
+    manager = prewarm.PrewarmManager(slow, inflight=registry)
+    try:
+        job = manager.start_job(blockdev.find(slow, device))
+        time.sleep(1)
+        assert [(j.kind, j.what) for j in registry.active()] == [("prewarm", device)]  # keeps it busy
+        job.thread.join(60)
+    finally:
+        manager.stop()
+    assert job.state == "done"
+    assert registry.active() == []  # forgotten when it ends
+
+
 def test_cli_prewarm_json(tmp_path, loops, config_dict):
     device = loops(32, fill_mb=4)
     before = checksum(device)
