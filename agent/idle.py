@@ -51,7 +51,11 @@ OPENAPI = {
     "/v1/idle/postpone": {
         "post": operation(
             "Keep running: postpone the idle action by `minutes` (default idle.postpone_min)",
-            body={"type": "object", "properties": {"minutes": {"type": "number", "minimum": 1}}},
+            body={
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"minutes": {"type": "number", "minimum": 1, "maximum": MAX_POSTPONE_MIN}},
+            },
             _200="the idle state after postponing",
             _400="bad minutes",
             _401="no token",
@@ -357,8 +361,12 @@ def get_idle():
 
 @bp.post("/v1/idle/postpone")
 def post_postpone():
-    minutes = json_body().get("minutes")
-    if minutes is not None and (
+    body = json_body()
+    unknown = set(body) - {"minutes"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))[:300]}")
+    minutes = body.get("minutes")
+    if "minutes" in body and (
         isinstance(minutes, bool)
         or not isinstance(minutes, (int, float))
         or not 1 <= minutes <= MAX_POSTPONE_MIN

@@ -361,9 +361,17 @@ def test_keep_running_postpones_through_http(setup):
     monitor.check()
     clock.now += 31 * 60
     assert monitor.check()["decision"]["decision"] == "warn"
-    for bad in ({"minutes": 0}, {"minutes": "soon"}, {"minutes": True}, {"minutes": 10**6}):
+    for bad in (
+        {"minutes": 0},
+        {"minutes": "soon"},
+        {"minutes": True},
+        {"minutes": 10**6},
+        {"minutes": None},
+    ):
         answer = client.post("/v1/idle/postpone", json=bad, headers=AUTH)
         assert answer.status_code == 400 and "minutes must be" in answer.json["error"]
+    extra = client.post("/v1/idle/postpone", json={"minutes": 5, "until": "never"}, headers=AUTH)
+    assert extra.status_code == 400 and "unknown field(s): until" in extra.json["error"]
     body = client.post("/v1/idle/postpone", json={"minutes": 45}, headers=AUTH).json
     assert body["postponed_until"] == gpus.iso(clock.now + 45 * 60)
     assert body["decision"]["decision"] == "stay"
