@@ -114,16 +114,17 @@ def config(run, name, subnet_id, key_name, compute_ami, desktop_ami, gpu_queues,
     "--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True
 )
 @click.option("--dryrun", is_flag=True, help="Let pcluster validate against AWS without creating anything.")
+@click.option(
+    "--suppress-validator", "suppress", multiple=True, metavar="TYPE", help="pcluster validator to skip."
+)
 @_pcluster_option
-def create(run, name, config_path, dryrun, pcluster):
-    """Create the cluster with pcluster create-cluster."""
-    argv = pcluster_cli.create_argv(
-        pcluster_cli.find(pcluster), name, config_path, run.aws.region_name, dryrun=dryrun
-    )
+def create(run, name, config_path, dryrun, suppress, pcluster):
+    """Create the cluster with pcluster create-cluster (every ParallelCluster validator runs first)."""
+    found = pcluster_cli.find(pcluster)
+    region = run.aws.region_name
+    argv = pcluster_cli.create_argv(found, name, config_path, region, dryrun=dryrun, suppress=suppress)
     answer = pcluster_cli.run(argv)
-    run.out.emit(
-        answer, text=answer.get("message") or f"creating {name}: pcluster describe-cluster -n {name}"
-    )
+    run.out.emit(answer, text=answer.get("message") or f"creating {name}: scipioncloud cluster status {name}")
 
 
 @command(cluster, "status")
