@@ -78,7 +78,11 @@ def run_on_cluster(tmp_path_factory, scipion_python):
         driver = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=420, check=False)
         assert driver.returncode == 0, driver.stdout[-4000:] + driver.stderr[-4000:] + cluster.logs()
         results = json.loads(out.read_text())
-        yield {"results": results, "found": found, "hosts": hosts, "cluster": cluster}
+        # `scipioncloud cluster check`, as an operator runs it on the desktop, against the same cluster
+        check_argv = [str(REPO / ".venv/bin/scipioncloud"), "cluster", "check", "--scipion", str(scipion_python)]
+        check = subprocess.run(cluster.in_controller([*check_argv, "--timeout", "240", "--json"]), env=env,
+                               capture_output=True, text=True, timeout=400, check=False)  # fmt: skip
+        yield {"results": results, "found": found, "hosts": hosts, "cluster": cluster, "check": check}
 
 
 def test_queues_come_from_the_live_partitions(run_on_cluster):
@@ -150,6 +154,19 @@ def test_too_much_memory_is_refused_with_slurms_reason(run_on_cluster):
     assert result["status"] == "failed", result
     assert result["job_id"] in (None, "-1"), result
     assert "Memory specification can not be satisfied" in (result["error"] or ""), result
+
+
+def test_cluster_check_reports_every_queue_with_times_and_gpus(run_on_cluster):
+    check = run_on_cluster["check"]
+    assert check.returncode == 0, check.stdout + check.stderr
+    rows = {row["queue"]: row for row in json.loads(check.stdout)["queues"]}
+    assert set(rows) == {"gpu", "cpu"}
+    for row in rows.values():
+        assert row["status"] == "finished" and row["gpus_ok"], row
+        assert 0 <= row["wait_s"] < row["total_s"] and row["run_s"] >= 2, row
+    assert (rows["gpu"]["gpus_asked"], rows["gpu"]["gpus_granted"]) == (1, 1)
+    assert (rows["cpu"]["gpus_asked"], rows["cpu"]["gpus_granted"]) == (0, 0)
+    print("queue check figures:", json.dumps(list(rows.values())))
 
 
 def test_namespaces_are_gone_after_the_cluster_stops(tmp_path):
