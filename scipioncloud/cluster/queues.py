@@ -131,3 +131,32 @@ def from_scontrol(partitions_text: str, nodes_text: str) -> list[Queue]:
     if not queues:
         raise ValueError("Slurm reports no partition that is UP and has nodes; check `sinfo` on this machine")
     return queues
+
+
+def from_list(items: list[dict]) -> list[Queue]:
+    """Queues written by hand (the scipion role's scipion_slurm_queues): one dict per partition with name,
+    cpus, memory_mb (per node, Slurm's RealMemory), gpus (per node), gpu_type, max_time_hours, default."""
+    queues = []
+    for item in items:
+        missing = {"name", "cpus", "memory_mb"} - set(item)
+        if missing:
+            raise ValueError(f"queue {item}: missing {', '.join(sorted(missing))}")
+        gpus = int(item.get("gpus", 0))
+        memory = int(item["memory_mb"])
+        hours = item.get("max_time_hours")
+        queues.append(
+            Queue(
+                name=str(item["name"]),
+                cpus_min=int(item["cpus"]),
+                cpus_max=int(item["cpus"]),
+                memory_mb_min=memory,
+                memory_mb_max=memory,
+                gpus_min=gpus,
+                gpus_max=gpus,
+                gpu_types=(str(item["gpu_type"]),) if item.get("gpu_type") else (),
+                memory_mb_per_gpu=memory // gpus if gpus else 0,
+                max_time_hours=int(hours) if hours not in (None, "") else None,
+                default=bool(item.get("default", False)),
+            )
+        )
+    return queues

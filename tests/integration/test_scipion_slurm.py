@@ -79,10 +79,25 @@ def run_on_cluster(tmp_path_factory, scipion_python):
         assert driver.returncode == 0, driver.stdout[-4000:] + driver.stderr[-4000:] + cluster.logs()
         results = json.loads(out.read_text())
         # `scipioncloud cluster check`, as an operator runs it on the desktop, against the same cluster
-        check_argv = [str(REPO / ".venv/bin/scipioncloud"), "cluster", "check", "--scipion", str(scipion_python)]
+        check_argv = [
+            str(REPO / ".venv/bin/scipioncloud"),
+            "cluster",
+            "check",
+            "--scipion",
+            str(scipion_python),
+        ]
         check = subprocess.run(cluster.in_controller([*check_argv, "--timeout", "240", "--json"]), env=env,
                                capture_output=True, text=True, timeout=400, check=False)  # fmt: skip
-        yield {"results": results, "found": found, "hosts": hosts, "cluster": cluster, "check": check}
+        # roles/scipion's hosts.conf tasks, as `make provision` runs them on a submit host of this Slurm
+        provisioned = tmp / "provisioned-hosts.conf"
+        play = [str(REPO / ".venv/bin/ansible-playbook"), "-i", "localhost,", "-c", "local",
+                str(REPO / "tests/roles/scipion-hosts.yml"), "-e", f"hosts_file={provisioned}",
+                "-e", f"ansible_python_interpreter={REPO / '.venv/bin/python'}"]  # fmt: skip
+        play_env = {**cluster.env, "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1"}
+        role = subprocess.run(cluster.in_controller(play), env=play_env, capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
+        yield {"results": results, "found": found, "hosts": hosts, "cluster": cluster, "check": check,
+               "role": role, "provisioned": provisioned}  # fmt: skip
 
 
 def test_queues_come_from_the_live_partitions(run_on_cluster):
@@ -167,6 +182,15 @@ def test_cluster_check_reports_every_queue_with_times_and_gpus(run_on_cluster):
     assert (rows["gpu"]["gpus_asked"], rows["gpu"]["gpus_granted"]) == (1, 1)
     assert (rows["cpu"]["gpus_asked"], rows["cpu"]["gpus_granted"]) == (0, 0)
     print("queue check figures:", json.dumps(list(rows.values())))
+
+
+def test_the_role_writes_the_same_file_from_the_live_slurm_owned_by_root(run_on_cluster):
+    role = run_on_cluster["role"]
+    assert role.returncode == 0, role.stdout[-3000:] + role.stderr[-2000:]
+    provisioned = run_on_cluster["provisioned"]
+    assert provisioned.read_text() == run_on_cluster["hosts"].read_text()
+    info = provisioned.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o644)
 
 
 def test_namespaces_are_gone_after_the_cluster_stops(tmp_path):
