@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -205,4 +204,3 @@ def test_namespaces_are_gone_after_the_cluster_stops(tmp_path):
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed for n in names)
     assert all(p.poll() is not None for p in daemons)
-    assert shutil.which("slurmd")
