@@ -1,6 +1,5 @@
-"""Scipion's own pyworkflow (PyPI scipion-pyworkflow, at the scipion role's pin) in a virtual environment of
-its own, cached beside the rehearsal's root filesystem ($SCIPIONCLOUD_CACHE or ~/.cache/scipioncloud): its
-pins (numpy, matplotlib, psutil<=5.9.6) must not change the test environment's.
+"""Scipion's own pyworkflow (PyPI scipion-pyworkflow, at the scipion role's pin) in .venv-scipion, apart from
+.venv: its pins (numpy, matplotlib, psutil<=5.9.6) must not change the test environment's.
 
 `run_protocol(project_root, name, seconds)` makes a real Project with pyworkflow's Manager and launches
 pyworkflowtests' SleepingProtocol through Project.launchProtocol, exactly as the GUI does: pyworkflow starts
@@ -12,36 +11,18 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from tests.support.rootfs import cache_dir
+from tests.support.cluster_venvs import scipion_python
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def pinned_version() -> str:
-    defaults = yaml.safe_load((REPO / "roles/scipion/defaults/main.yml").read_text())
-    return defaults["scipion_core_packages"]["scipion-pyworkflow"]
-
-
 def python() -> Path:
-    """The interpreter of the cached environment, made (pip from PyPI) the first time."""
-    version = pinned_version()
-    venv = cache_dir() / f"pyworkflow-{version}-py{sys.version_info.major}{sys.version_info.minor}"
-    interpreter = venv / "bin" / "python"
-    if not (venv / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(interpreter), "-m", "pip", "install", "-q", f"scipion-pyworkflow=={version}"],
-            check=True,
-            timeout=900,
-        )
-        (venv / ".complete").touch()
-    return interpreter
+    """The interpreter of .venv-scipion (tests/support/cluster_venvs.py: pyworkflow at the role's pin, made
+    by `make setup`, or here the first time): one Scipion environment for every test that needs one."""
+    return scipion_python()
 
 
 LAUNCH = r"""
