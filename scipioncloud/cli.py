@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from scipioncloud import __version__
@@ -24,3 +26,4 @@ main.add_command(cost)
 instances.register(main)
 provision.register(main)
 main.add_command(bake_command)
+main.add_command(importlib.import_module("scipioncloud.commands.data").data)  # data: issue 14
