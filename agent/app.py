@@ -20,6 +20,7 @@ CAPABILITIES = (
     "agent.idle",
     "agent.volumes",
     "agent.desktop",
+    "agent.data",
     "agent.metrics",
 )
 

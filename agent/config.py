@@ -90,6 +90,17 @@ class DesktopConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Movies (agent.data): archive policies, S3 prefixes followed into Scipion's import folders."""
+
+    policy_file: Path = Path("/etc/scipioncloud/data-policy.toml")
+    # "s3://BUCKET/PREFIX=/data/movies/incoming": new movies under the prefix land in that folder
+    follow: tuple[str, ...] = ()
+    interval_s: float = 30.0
+    auto_archive: bool = False  # archive by policy on every look (otherwise on request)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
@@ -97,6 +108,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     idle: IdleConfig = field(default_factory=IdleConfig)
     desktop: DesktopConfig = field(default_factory=DesktopConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     @property
     def bind_host(self) -> str:
@@ -133,6 +145,10 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         return Path(value)
     if isinstance(default, tuple):
+        if (section, key) == ("data", "follow"):
+            if not isinstance(value, list) or not all(isinstance(v, str) and "=/" in v for v in value):
+                raise ConfigError(f"{where}: expected a list of \"s3://BUCKET/PREFIX=/folder\", got {value!r}")
+            return tuple(value)
         if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("/") for v in value):
             raise ConfigError(f"{where}: expected a list of absolute paths, got {value!r}")
         return tuple(value)
