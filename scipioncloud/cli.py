@@ -27,3 +27,5 @@ instances.register(main)
 provision.register(main)
 main.add_command(bake_command)
 main.add_command(importlib.import_module("scipioncloud.commands.data").data)  # data: issue 14
+if __name__ == "__main__":  # python -m scipioncloud.cli (tests run it as a process)
+    main()

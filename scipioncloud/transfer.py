@@ -292,12 +292,19 @@ class Pusher:
             and state.get("key") == item.key
         ):
             try:
+                # A part counts as sent when S3 lists it with the ETag we recorded for it (and S3's own
+                # checksum, when it reports one, is ours): S3's record and ours agree on its bytes.
+                recorded = state.get("parts", {})
                 done = {}
                 paginator = self.client.get_paginator("list_parts")
                 for page in paginator.paginate(Bucket=self.bucket, Key=item.key, UploadId=state["upload_id"]):
                     for part in page.get("Parts", []):
-                        if part.get("ChecksumSHA256"):
-                            done[part["PartNumber"]] = {"etag": part["ETag"], "sha": part["ChecksumSHA256"]}
+                        mine = recorded.get(str(part["PartNumber"]))
+                        if not mine or mine["etag"] != part["ETag"]:
+                            continue
+                        if part.get("ChecksumSHA256") not in (None, mine["sha"]):
+                            continue
+                        done[part["PartNumber"]] = mine
                 return state["upload_id"], done
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
@@ -325,6 +332,7 @@ class Pusher:
                 "mtime_ns": item.mtime_ns,
                 "part_size": part_size,
                 "upload_id": upload_id,
+                "parts": {},
             },
         )
         return upload_id, {}
@@ -422,11 +430,17 @@ class Pusher:
             with self.totals.lock:
                 self.totals.transferred.append(item.key)
 
+        state = _read_json(state_path) or {}
+        state.setdefault("parts", {})
+
         def part_done(number: int, record: dict) -> None:
             with lock:
                 parts[number] = record
                 remaining[0] -= 1
                 last = remaining[0] == 0
+                if not last:  # the state file records each part sent, for a resume after a crash
+                    state["parts"][str(number)] = {"etag": record["etag"], "sha": record["sha"]}
+                    _write_json(state_path, state)
             if last and not failed.is_set():
                 finish()
 
