@@ -49,6 +49,7 @@ class StorageConfig:
     include_loop: bool = False
     prewarm_auto: bool = True
     prewarm_rate_mb_s: float | None = None
+    prewarm_used_only: bool = True  # ext4/xfs: read only the blocks the filesystem uses (agent.prewarm_ranges)
     # Mountpoints whose devices (and every device they sit on) are "root": never formatted, mounted,
     # unmounted or read by the agent. "/" always counts; list more here (e.g. "/boot/efi").
     protected_mounts: tuple[str, ...] = ("/",)
