@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent import aws_volumes, blockdev, prewarm_ranges
+from agent import aws_volumes, blockdev
 from agent.blockdev import BlockDevice
 from agent.config import StorageConfig
 from agent.errors import ApiError
@@ -375,9 +375,11 @@ class PrewarmManager:
                 self.store.save(Checkpoint(job.identity, job.size, job.size, "skipped", reason))
                 return
         if self.storage.prewarm_used_only:  # hook: agent.prewarm_ranges (issue 14)
+            from agent import prewarm_ranges  # it imports this module
+
             ranges = prewarm_ranges.used_ranges(job.device, job.size)
             if ranges is not None:
-                return prewarm_ranges.run_job(self, job, ranges, read_range, Checkpoint)
+                return prewarm_ranges.run_job(self, job, ranges, Checkpoint)
         job.state = "running"
         self._rebalance()
         checkpoint = Checkpoint(job.identity, job.size, job.done)
