@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB  # S3's smallest part (all but the last)
 MAX_PARTS = 10_000  # S3's most parts per upload
-DEFAULT_PART = 16 * MiB
+DEFAULT_PART = 32 * MiB  # 8 workers x 2 read-ahead x 32 MiB = 512 MiB of buffers at most
 DEFAULT_CONCURRENCY = 8
+SINGLE_GET_MAX = 256 * MiB  # single-part objects up to this size come in one GET (verified as they arrive)
 PARTIAL_SUFFIX = ".scipioncloud-partial"  # a pull in progress; renamed into place once verified
 
 
@@ -599,7 +600,16 @@ class Puller:
             expected = None  # parts of unknown size (not uploaded by us): the per-part checks must do
         partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
         state_path = partial.with_name(partial.name + ".json")
-        part_size = choose_part_size(obj.size, self.part_size)
+        # Download in the object's own parts when known: each part's SHA-256 is then computed while its
+        # bytes arrive, and the file is verified without reading it again.
+        if multipart and object_part:
+            part_size = object_part
+        elif not multipart and expected and obj.size <= SINGLE_GET_MAX:
+            part_size = max(obj.size, 1)
+        else:
+            part_size = choose_part_size(obj.size, self.part_size)
+        streaming = bool(expected) and (part_size == object_part or (not multipart and part_size >= obj.size))
+        digests: dict[int, bytes] = {}
         layout = sums.parts_of(obj.size, part_size)
         state = _read_json(state_path)
         done: set[int] = set()
@@ -634,7 +644,11 @@ class Puller:
         remaining = [len(layout)]
 
         def finish() -> None:
-            got = sums.file_checksum(partial, object_part, multipart) if expected else None
+            if streaming and len(digests) == len(layout):
+                ordered = [digests[n] for n in range(1, len(layout) + 1)]
+                got = sums.composite(ordered) if multipart else sums.b64(ordered[0])
+            else:  # parts fetched by an earlier run, or a layout we cannot follow: read the file once
+                got = sums.file_checksum(partial, object_part, multipart) if expected else None
             if expected and not sums.same(got, expected):
                 partial.unlink(missing_ok=True)
                 state_path.unlink(missing_ok=True)
@@ -678,10 +692,15 @@ class Puller:
                 )
                 body = answer["Body"]
                 position = offset
+                hasher = hashlib.sha256() if streaming else None
                 with open(partial, "r+b", buffering=0) as handle:
                     for chunk in body.iter_chunks(1024 * 1024):
                         os.pwrite(handle.fileno(), chunk, position)
+                        if hasher is not None:
+                            hasher.update(chunk)
                         position += len(chunk)
+                if hasher is not None:
+                    digests[number] = hasher.digest()
                 if position != offset + length:
                     raise OperationFailed(f"{obj.key}: short read of part {number}")
                 self.totals.add(length)
