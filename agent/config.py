@@ -49,7 +49,9 @@ class StorageConfig:
     include_loop: bool = False
     prewarm_auto: bool = True
     prewarm_rate_mb_s: float | None = None
-    prewarm_used_only: bool = True  # ext4/xfs: read only the blocks the filesystem uses (agent.prewarm_ranges)
+    prewarm_used_only: bool = (
+        True  # ext4/xfs: read only the blocks the filesystem uses (agent.prewarm_ranges)
+    )
     # Mountpoints whose devices (and every device they sit on) are "root": never formatted, mounted,
     # unmounted or read by the agent. "/" always counts; list more here (e.g. "/boot/efi").
     protected_mounts: tuple[str, ...] = ("/",)
@@ -148,7 +150,7 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, tuple):
         if (section, key) == ("data", "follow"):
             if not isinstance(value, list) or not all(isinstance(v, str) and "=/" in v for v in value):
-                raise ConfigError(f"{where}: expected a list of \"s3://BUCKET/PREFIX=/folder\", got {value!r}")
+                raise ConfigError(f'{where}: expected a list of "s3://BUCKET/PREFIX=/folder", got {value!r}')
             return tuple(value)
         if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("/") for v in value):
             raise ConfigError(f"{where}: expected a list of absolute paths, got {value!r}")

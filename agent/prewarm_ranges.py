@@ -52,9 +52,7 @@ def _complement(free: list[tuple[int, int]], total: int) -> list[tuple[int, int]
 
 def ext_free(device: str) -> tuple[list[tuple[int, int]], int, int]:
     """(free byte ranges, filesystem bytes, block size) from dumpe2fs."""
-    out = subprocess.run(
-        ["dumpe2fs", device], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+    out = subprocess.run(["dumpe2fs", device], capture_output=True, text=True, timeout=120, check=True).stdout
     block = int(re.search(r"^Block size:\s+(\d+)", out, re.MULTILINE)[1])
     count = int(re.search(r"^Block count:\s+(\d+)", out, re.MULTILINE)[1])
     free = unused_inode_tables(out, block)
@@ -141,7 +139,9 @@ def merge(ranges: list[tuple[int, int]], device_size: int, gap: int = MiB) -> li
         gap *= 2
 
 
-def fio_ranges_argv(path: str, ranges: list[tuple[int, int]], *, bs: int, rate_bytes_s: int | None) -> list[str]:
+def fio_ranges_argv(
+    path: str, ranges: list[tuple[int, int]], *, bs: int, rate_bytes_s: int | None
+) -> list[str]:
     """One fio process for every range: options before the first --name are global; each range is a job
     of its own and they run in parallel, sharing the queue depth (fio's jobs run one after the other with
     --stonewall cost ~0.25 s each here; in parallel the start is paid once). The rate limit is split too."""
@@ -149,7 +149,9 @@ def fio_ranges_argv(path: str, ranges: list[tuple[int, int]], *, bs: int, rate_b
     share = int(rate_bytes_s / len(ranges)) if rate_bytes_s else None
     argv = prewarm.fio_argv(path, 0, 1, bs=bs, rate_bytes_s=max(share, 4096) if share else None)
     fio = argv.index("fio")
-    options = [a for a in argv[fio + 1 :] if not a.startswith(("--name=", "--offset=", "--size=", "--iodepth="))]
+    options = [
+        a for a in argv[fio + 1 :] if not a.startswith(("--name=", "--offset=", "--size=", "--iodepth="))
+    ]
     options.append(f"--iodepth={depth}")
     jobs: list[str] = []
     for index, (offset, length) in enumerate(ranges):
@@ -179,7 +181,9 @@ def read_ranges(path, ranges, *, bs, rate_bytes_s, on_progress, stop) -> tuple[i
     try:
         for document in prewarm.json_documents(process.stdout):  # type: ignore[arg-type]
             done = prewarm.read_bytes(document)
-            per_job = {j.get("jobname"): j.get("read", {}).get("io_bytes", 0) for j in document.get("jobs", [])}
+            per_job = {
+                j.get("jobname"): j.get("read", {}).get("io_bytes", 0) for j in document.get("jobs", [])
+            }
             on_progress(done, safe_prefix(ranges, [per_job.get(f"r{i}", 0) for i in range(len(ranges))]))
         stderr = process.stderr.read() if process.stderr else ""
         returncode = process.wait()
@@ -236,7 +240,9 @@ def run_job(manager, job, ranges: list[tuple[int, int]], checkpoint_cls) -> None
         start = job.size - sum(length for _o, length in left)
         last_save = time.monotonic()
 
-        def progress(read: int, prefix: int, start: int = start) -> None:
+        safe = [start]
+
+        def progress(read: int, prefix: int, start: int = start, safe: list[int] = safe) -> None:
             nonlocal window_start, window_done, last_save
             job.done = start + read
             now = time.monotonic()
@@ -249,7 +255,6 @@ def run_job(manager, job, ranges: list[tuple[int, int]], checkpoint_cls) -> None
                 last_save = now
             safe[0] = start + prefix
 
-        safe = [start]
         aligned = all(o % MiB == 0 and n % MiB == 0 for o, n in left)
         _read, finished = read_ranges(
             job.device,

@@ -101,7 +101,12 @@ def main() -> int:
         base = Path(folder)
         server = moto_server.start(base / "moto.log")
         try:
-            env = {**os.environ, **server.env(), "XDG_STATE_HOME": str(base / "state"), "PYTHONPATH": str(REPO)}
+            env = {
+                **os.environ,
+                **server.env(),
+                "XDG_STATE_HOME": str(base / "state"),
+                "PYTHONPATH": str(REPO),
+            }
             src = base / "movies"
             src.mkdir()
             for i in range(args.files):
@@ -128,10 +133,28 @@ def main() -> int:
                     lambda p, d: [s5cmd, "--endpoint-url", server.url, "cp", f"s3://bench/{p}/*", f"{d}/"],
                 ),
                 "aws s3 cp": (
-                    lambda p: [aws, "--endpoint-url", server.url, "s3", "cp", "--recursive", "--only-show-errors",
-                               str(src), f"s3://bench/{p}/"],  # fmt: skip
-                    lambda p, d: [aws, "--endpoint-url", server.url, "s3", "cp", "--recursive",
-                                  "--only-show-errors", f"s3://bench/{p}/", f"{d}/"],  # fmt: skip
+                    lambda p: [
+                        aws,
+                        "--endpoint-url",
+                        server.url,
+                        "s3",
+                        "cp",
+                        "--recursive",
+                        "--only-show-errors",
+                        str(src),
+                        f"s3://bench/{p}/",
+                    ],
+                    lambda p, d: [
+                        aws,
+                        "--endpoint-url",
+                        server.url,
+                        "s3",
+                        "cp",
+                        "--recursive",
+                        "--only-show-errors",
+                        f"s3://bench/{p}/",
+                        f"{d}/",
+                    ],
                 ),
             }
             print(f"bench_data: {len(files)} files, {gb:.3f} GB, endpoint moto server {server.url}")

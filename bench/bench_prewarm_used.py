@@ -68,7 +68,9 @@ def main() -> int:
     args = parser.parse_args()
     missing = [t for t in ("fio", "losetup", "mkfs.ext4", "dumpe2fs") if shutil.which(t) is None]
     if os.geteuid() != 0 or missing:
-        print(f"bench_prewarm_used: needs root and {', '.join(missing) or 'fio'}; cannot run", file=sys.stderr)
+        print(
+            f"bench_prewarm_used: needs root and {', '.join(missing) or 'fio'}; cannot run", file=sys.stderr
+        )
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-prewarm-used-", dir="/var/tmp") as folder:
         device = attach(Path(folder), args.size_mb)
@@ -85,7 +87,9 @@ def main() -> int:
             size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True,
                                       check=True).stdout)  # fmt: skip
             used = sum(n for _o, n in prewarm_ranges.used_ranges(device, size) or [])
-            storage = StorageConfig(state_dir=Path(folder) / "state", include_loop=True, mount_roots=(folder,))
+            storage = StorageConfig(
+                state_dir=Path(folder) / "state", include_loop=True, mount_roots=(folder,)
+            )
             before = digest(device)
             limit = blkio_limit(device, EBS_BPS) if BLKIO.is_dir() else contextlib.nullcontext()
             where = "125 MB/s blkio limit" if BLKIO.is_dir() else "no blkio cgroup: unthrottled"

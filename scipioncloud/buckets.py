@@ -31,7 +31,9 @@ def lifecycle_rules(prefix: str, transitions: list[tuple[int, str]]) -> list[dic
     if transitions:
         for days, storage_class in transitions:
             if storage_class not in STORAGE_CLASSES:
-                raise BadInput(f"unknown storage class {storage_class!r}; one of {', '.join(STORAGE_CLASSES)}")
+                raise BadInput(
+                    f"unknown storage class {storage_class!r}; one of {', '.join(STORAGE_CLASSES)}"
+                )
             if days < 0:
                 raise BadInput("lifecycle days must be 0 or more")
         rules.append(

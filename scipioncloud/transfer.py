@@ -462,7 +462,9 @@ class Pusher:
                 # A part S3 already holds from an earlier run: its digest is re-derived only if needed.
                 self.totals.add(length, resumed=True)
                 digest = base64.b64decode(done[number]["sha"])
-                part_done(number, {"etag": done[number]["etag"], "sha": done[number]["sha"], "digest": digest})
+                part_done(
+                    number, {"etag": done[number]["etag"], "sha": done[number]["sha"], "digest": digest}
+                )
                 continue
             futures.append(pool.submit(run_part, number, offset, length))
         return futures
@@ -474,7 +476,11 @@ def plan_push(client, source: Path, target: S3Url, *, only_changed: bool = True)
     single_file = source.is_file()
     for path, relative in local_files(source):
         st = path.stat()
-        key = target.key if single_file and target.key and not target.key.endswith("/") else target.join(relative)
+        key = (
+            target.key
+            if single_file and target.key and not target.key.endswith("/")
+            else target.join(relative)
+        )
         item = PushItem(path, key, st.st_size, st.st_mtime_ns)
         if only_changed and unchanged(item, head(client, target.bucket, key)):
             unchanged_keys.append(key)
@@ -729,6 +735,6 @@ def check_free_space(folder: Path, needed: int) -> None:
     free = st.f_bavail * st.f_frsize
     if needed > free:
         raise NoSpace(
-            f"{folder} has {free / 1e9:.2f} GB free but the pull needs {needed / 1e9:.2f} GB more; free space "
-            "or pull a narrower prefix"
+            f"{folder} has {free / 1e9:.2f} GB free but the pull needs {needed / 1e9:.2f} GB more; "
+            "free space or pull a narrower prefix"
         )

@@ -108,7 +108,9 @@ def initialization_rate(ec2, rate: int) -> dict[str, int]:
         raise BadInput(f"--init-rate must be {low}-{high} MiB/s (or 0 for EBS's default lazy loading)")
     members = ec2.meta.service_model.operation_model("CreateVolume").input_shape.members
     if "VolumeInitializationRate" not in members:
-        raise BadInput("this boto3/botocore is too old for --init-rate (VolumeInitializationRate); upgrade boto3")
+        raise BadInput(
+            "this boto3/botocore is too old for --init-rate (VolumeInitializationRate); upgrade boto3"
+        )
     return {"VolumeInitializationRate": rate}
 
 

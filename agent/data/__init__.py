@@ -39,7 +39,7 @@ OPENAPI = {
     },
     "/v1/data/projects/{project}/archive": {
         "post": operation(
-            "Archive aligned movies (body {\"dry_run\": true} only plans); frees EBS only after verifying S3",
+            'Archive aligned movies (body {"dry_run": true} only plans); frees EBS only after verifying S3',
             body={"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
             _200="what was archived, what failed (and stayed), bytes freed",
             _401="no token",

@@ -74,7 +74,9 @@ class Manifest:
 
 
 class Archiver:
-    def __init__(self, state_dir: Path, policies: dict[str, policy_mod.ProjectPolicy], client_factory) -> None:
+    def __init__(
+        self, state_dir: Path, policies: dict[str, policy_mod.ProjectPolicy], client_factory
+    ) -> None:
         self.folder = state_dir / "data"
         self.policies = policies
         self.client_factory = client_factory
@@ -111,10 +113,14 @@ class Archiver:
                 runs = ", ".join(map(str, movie.readers))
                 decision = Decision(movie, "blocked", f"active run(s) {runs} still read it", size)
             elif not movie.aligned_by:
-                decision = Decision(movie, "not-aligned", "no finished or streaming alignment output yet", size)
+                decision = Decision(
+                    movie, "not-aligned", "no finished or streaming alignment output yet", size
+                )
             elif now - (movie.aligned_at or now) < pol.delay_min * 60:
                 left = pol.delay_min * 60 - (now - (movie.aligned_at or now))
-                decision = Decision(movie, "wait", f"aligned; archived in {left / 60:.0f} min (policy delay)", size)
+                decision = Decision(
+                    movie, "wait", f"aligned; archived in {left / 60:.0f} min (policy delay)", size
+                )
             else:
                 decision = Decision(movie, "archive", f"aligned by run(s) {movie.aligned_by}", size)
             decisions.append(decision)
@@ -226,9 +232,10 @@ class Archiver:
             path = Path(path_text)
             try:
                 head = client.head_object(Bucket=entry["bucket"], Key=entry["key"], ChecksumMode="ENABLED")
-                if entry["storage_class"] in ("GLACIER", "DEEP_ARCHIVE") and 'ongoing-request="false"' not in (
-                    head.get("Restore") or ""
-                ):
+                if entry["storage_class"] in (
+                    "GLACIER",
+                    "DEEP_ARCHIVE",
+                ) and 'ongoing-request="false"' not in (head.get("Restore") or ""):
                     if not head.get("Restore"):
                         client.restore_object(
                             Bucket=entry["bucket"],

@@ -2,7 +2,8 @@
 import watches. An object is listed only once its upload completed (S3 shows a multipart upload only after
 CompleteMultipartUpload); it is downloaded to `<name>.scipioncloud-partial` in the same folder (same
 filesystem), checked against its SHA-256, and renamed to its name: Scipion never sees a half-written movie.
-Give the import a file pattern with the movie extension (e.g. `*.tif`), which the partial name never matches."""
+Give the import a file pattern with the movie extension (e.g. `*.tif`), which the partial name never
+matches."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     [[project]]
     path = "/data/projects/apoferritin"     # the Scipion project folder
     bucket = "lab-movies"
-    prefix = "archive/apoferritin/"          # objects are <prefix><movie's path below movies_root or its name>
+    prefix = "archive/apoferritin/"          # objects are <prefix><movie's file name>
     storage_class = "GLACIER_IR"             # STANDARD_IA | GLACIER_IR | GLACIER | DEEP_ARCHIVE
     delay_min = 60                           # wait this long after alignment
     keep = ["*_keep*.tif"]                   # never archived (shell patterns on the movie's file name)

@@ -44,7 +44,9 @@ class MovieState:
     mic_name: str
     aligned_by: list[int] = field(default_factory=list)  # runs whose output holds its micrograph
     aligned_at: float | None = None
-    readers: list[int] = field(default_factory=list)  # active runs that read the movies and are not done with it
+    readers: list[int] = field(
+        default_factory=list
+    )  # active runs that read the movies and are not done with it
 
 
 def connect_ro(path: Path) -> sqlite3.Connection:
@@ -59,9 +61,9 @@ def _rows(db: Path) -> list[tuple]:
 
 def _apply(runs: dict[int, Run], rows: list[tuple], only: int | None = None) -> None:
     for rid, parent, name, classname, _value in rows:
-        if parent is None and name in (None, "") and classname and rid != 1:
-            if only is None or rid == only:
-                runs.setdefault(rid, Run(rid, classname))
+        is_run = parent is None and name in (None, "") and classname and rid != 1
+        if is_run and (only is None or rid == only):
+            runs.setdefault(rid, Run(rid, classname))
     children: dict[int, list[tuple]] = {}
     for row in rows:
         if row[1] is not None:

@@ -104,7 +104,9 @@ def push(run, source, target, bwlimit, concurrency, part_size_mb, storage_class,
         storage_class=storage_class,
         totals=totals,
     )
-    run.out.info(f"{len(items)} file(s) to send ({totals.bytes_total / 1e9:.3f} GB), {len(unchanged)} unchanged")
+    run.out.info(
+        f"{len(items)} file(s) to send ({totals.bytes_total / 1e9:.3f} GB), {len(unchanged)} unchanged"
+    )
     with progress_bar(run, "push", totals.bytes_total, totals):
         pusher.push_many(items)
     result = totals.to_json()

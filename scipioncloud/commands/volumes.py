@@ -53,7 +53,16 @@ def create(run, size_gb, volume_type, iops, throughput, snapshot_id, instance, z
     if init_rate is None:
         init_rate = 300 if snapshot_id else 0
     result = lib.create(
-        run.aws, size_gb, volume_type, iops, throughput, snapshot_id, zone, instance, name, init_rate=init_rate
+        run.aws,
+        size_gb,
+        volume_type,
+        iops,
+        throughput,
+        snapshot_id,
+        zone,
+        instance,
+        name,
+        init_rate=init_rate,
     )
     run.out.table([result], COLUMNS, data=result)
 

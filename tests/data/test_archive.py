@@ -3,7 +3,6 @@ test domain tests/support/scipion_movies) and S3 on 127.0.0.1 (moto server), thr
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -89,7 +88,9 @@ def test_archive_aligned_movies_then_restore_bytes_identical(tmp_path, movies, b
         assert not (movies / name).exists()
         placeholder = json.loads((movies / f"{name}.s3.json").read_text())
         head = s3.head_object(Bucket=bucket, Key=f"archive/p1/{name}")
-        assert head["StorageClass"] == "GLACIER_IR" and placeholder["url"] == f"s3://{bucket}/archive/p1/{name}"
+        assert (
+            head["StorageClass"] == "GLACIER_IR" and placeholder["url"] == f"s3://{bucket}/archive/p1/{name}"
+        )
     assert (movies / "mov_keep_03.tif").exists()
     state = client.get("/v1/data", headers=AUTH).get_json()["projects"]["p1"]
     assert state["archived"] == 3 and state["bytes_freed"] == done["bytes_freed"] and state["pending"] == 0
@@ -176,7 +177,9 @@ def test_follow_places_complete_verified_movies(tmp_path, bucket, s3):
     # an upload still in progress is not an object yet: it must not appear
     s3.create_multipart_upload(Bucket=bucket, Key="incoming/c.tif")
     watched = tmp_path / "ebs" / "incoming"
-    follower = follow.Follower(lambda: boto3.client("s3"), [follow.Follow(transfer.S3Url(bucket, "incoming/"), watched)])
+    follower = follow.Follower(
+        lambda: boto3.client("s3"), [follow.Follow(transfer.S3Url(bucket, "incoming/"), watched)]
+    )
     follower.tick()
     assert sorted(p.name for p in watched.iterdir()) == ["a.tif", "b.tif"]
     assert digest(watched / "a.tif") == digest(src / "a.tif")

@@ -49,7 +49,9 @@ def test_push_pull_round_trip_only_changed_and_private_bucket(cli_env, s3, tmp_p
     dest = tmp_path / "back"
     code, out = cli_json(cli_env, "data", "pull", "s3://lab-movies/session1", str(dest))
     assert code == 0, out
-    assert out["egress"]["gb"] == pytest.approx(sum(p.stat().st_size for p in src.rglob("*.*")) / 1e9, abs=1e-3)
+    assert out["egress"]["gb"] == pytest.approx(
+        sum(p.stat().st_size for p in src.rglob("*.*")) / 1e9, abs=1e-3
+    )
     assert tree(dest) == tree(src)
 
     # A re-run sends nothing; a changed file is sent again, and only it.
@@ -65,8 +67,16 @@ def test_push_pull_round_trip_only_changed_and_private_bucket(cli_env, s3, tmp_p
 
 
 def test_bucket_lifecycle(cli_env, s3):
-    code, out = cli_json(cli_env, "data", "bucket", "lab-archive", "--create", "--transition", "30:GLACIER_IR",
-                         "--transition", "180:DEEP_ARCHIVE", "--prefix", "raw/")  # fmt: skip
+    args = [
+        "--create",
+        "--transition",
+        "30:GLACIER_IR",
+        "--transition",
+        "180:DEEP_ARCHIVE",
+        "--prefix",
+        "raw/",
+    ]
+    code, out = cli_json(cli_env, "data", "bucket", "lab-archive", *args)
     assert code == 0, out
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket="lab-archive")["Rules"]}
     tiers = [(t["Days"], t["StorageClass"]) for t in rules["scipioncloud-movies-tiering"]["Transitions"]]
@@ -214,9 +224,10 @@ def test_full_disk_during_pull(cli_env, s3, tmp_path):
         client = boto3.client("s3")
         totals = transfer.Totals()
         objects = transfer.list_objects(client, transfer.S3Url("lab-movies", "run/m1.tif"))
-        transfer.Puller(client, "lab-movies", totals=totals).pull_many([(objects[0], small / "movies/m1.tif")])
+        transfer.Puller(client, "lab-movies", totals=totals).pull_many(
+            [(objects[0], small / "movies/m1.tif")]
+        )
         assert "no space" in next(iter(totals.failed.values()))
         assert sorted(p.name for p in (small / "movies").iterdir()) == ["m0.tif"]
     finally:
         subprocess.run(["umount", str(small)], check=True)
-

@@ -24,7 +24,9 @@ def test_create_from_snapshot_asks_for_an_initialization_rate(aws_env, monkeypat
 
     def recording(region, profile):
         session = real(region, profile)
-        session.events.register("provide-client-params.ec2.CreateVolume", lambda params, **_: sent.append(dict(params)))
+        session.events.register(
+            "provide-client-params.ec2.CreateVolume", lambda params, **_: sent.append(dict(params))
+        )
         return session
 
     monkeypatch.setattr(aws_module, "make_session", recording)
@@ -40,4 +42,7 @@ def test_create_from_snapshot_asks_for_an_initialization_rate(aws_env, monkeypat
     result = runner.invoke(main, ["volumes", "create", "--snapshot", snapshot, "--init-rate", "50", "--json"])
     assert result.exit_code == 2 and "100-300" in json.loads(result.stdout)["error"]
     result = runner.invoke(main, ["volumes", "create", "--size", "5", "--init-rate", "200", "--json"])
-    assert result.exit_code == 2 and "only to a volume made from a snapshot" in json.loads(result.stdout)["error"]
+    assert (
+        result.exit_code == 2
+        and "only to a volume made from a snapshot" in json.loads(result.stdout)["error"]
+    )

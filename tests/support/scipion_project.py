@@ -49,7 +49,8 @@ SCRIPT = textwrap.dedent(
             while time.time() < deadline:
                 project = manager.loadProject(spec["name"])
                 prot = project.getProtocol(prot.getObjId())
-                if prot.isActive() and (not align.get("produce", True) or prot.hasAttribute("outputMicrographs")):
+                produced = not align.get("produce", True) or prot.hasAttribute("outputMicrographs")
+                if prot.isActive() and produced:
                     break
                 time.sleep(0.3)
         out.setdefault("aligns", []).append({"id": prot.getObjId(), "status": prot.getStatus()})
@@ -86,7 +87,13 @@ def make_project(base: Path, name: str, movies: Path, aligns: list[dict]) -> dic
     location = base / "projects"
     location.mkdir(parents=True, exist_ok=True)
     result, log = base / f"{name}.json", base / f"{name}.log"
-    spec = {"name": name, "location": str(location), "movies": str(movies), "aligns": aligns, "result": str(result)}
+    spec = {
+        "name": name,
+        "location": str(location),
+        "movies": str(movies),
+        "aligns": aligns,
+        "result": str(result),
+    }
     # Output to a file, not a pipe: a held protocol's process inherits it and would keep a pipe open.
     with log.open("w") as out:
         code = subprocess.run(
