@@ -231,3 +231,26 @@ def test_full_disk_during_pull(cli_env, s3, tmp_path):
         assert sorted(p.name for p in (small / "movies").iterdir()) == ["m0.tif"]
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_restore_from_glacier_quotes_then_brings_back_identical_bytes(cli_env, s3, tmp_path):
+    src = tmp_path / "movies"
+    for i in range(2):
+        make_movie(src / f"m{i}.tif", 6 * MiB, seed=i)
+    code, out = cli_json(cli_env, "data", "push", str(src), "s3://lab-movies/old", "--create-bucket",
+                         "--storage-class", "GLACIER", "--part-size-mb", "5")  # fmt: skip
+    assert code == 0, out
+    code, out = cli_json(cli_env, "data", "pull", "s3://lab-movies/old", str(tmp_path / "x"))
+    assert code == 2 and "data restore" in out["error"]  # archived objects need a restore first
+    code, out = cli_json(
+        cli_env, "data", "restore", "s3://lab-movies/old", str(tmp_path / "back"), "--tier", "Bulk"
+    )
+    assert code == 0 and out["started"] is False
+    (line,) = out["quote"]["lines"]
+    assert line["storage_class"] == "GLACIER" and line["tier"] == "Bulk" and line["hours"] == [5, 12]
+    assert not (tmp_path / "back").exists()
+    code, out = cli_json(cli_env, "data", "restore", "s3://lab-movies/old", str(tmp_path / "back"), "--tier",
+                         "Bulk", "--yes", "--poll-s", "0.2")  # fmt: skip
+    assert code == 0, out
+    assert "ongoing-request" in s3.head_object(Bucket="lab-movies", Key="old/m0.tif")["Restore"]
+    assert tree(tmp_path / "back") == tree(src)
