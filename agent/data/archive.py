@@ -174,6 +174,21 @@ class Archiver:
     def _archive_one(self, client, pol: policy_mod.ProjectPolicy, manifest: Manifest, path: Path) -> int:
         st = path.stat()
         key = pol.key_for(path)
+        for other, entry in manifest.load().items():
+            if entry.get("key") == key and entry.get("bucket") == pol.bucket and other != str(path):
+                raise VerifyError(f"s3://{pol.bucket}/{key} already holds {other}; not overwriting it")
+        if transfer.head(client, pol.bucket, key) is not None:
+            # Something is there already (an earlier run that stopped before freeing, or a stranger):
+            # reuse it only if it is this very file, never overwrite it.
+            try:
+                verify(client, pol.bucket, key, path, st)
+            except VerifyError as exc:
+                raise VerifyError(
+                    f"{exc}; an object with other bytes is at that key, not overwriting"
+                ) from None
+            return self._record_and_free(
+                manifest, pol, path, key, st, verify(client, pol.bucket, key, path, st)
+            )
         totals = transfer.Totals()
         pusher = transfer.Pusher(
             client,
@@ -186,6 +201,9 @@ class Archiver:
         if totals.failed:
             raise transfer.OperationFailed(next(iter(totals.failed.values())))
         checksum = verify(client, pol.bucket, key, path, st)
+        return self._record_and_free(manifest, pol, path, key, st, checksum)
+
+    def _record_and_free(self, manifest, pol, path: Path, key: str, st: os.stat_result, checksum: str) -> int:
         entry = {
             "state": "archived",
             "url": f"s3://{pol.bucket}/{key}",
@@ -231,6 +249,8 @@ class Archiver:
         for path_text, entry in sorted(entries.items()):
             path = Path(path_text)
             try:
+                if path.exists():
+                    raise VerifyError(f"{path} exists again; not overwriting it (move it away to restore)")
                 head = client.head_object(Bucket=entry["bucket"], Key=entry["key"], ChecksumMode="ENABLED")
                 if entry["storage_class"] in (
                     "GLACIER",

@@ -188,3 +188,20 @@ def test_follow_places_complete_verified_movies(tmp_path, bucket, s3):
     follower.tick()  # nothing new: nothing placed again
     assert follower.follows[0].to_json()["placed"] == 2
     shutil.rmtree(src)
+
+
+def test_never_overwrites_an_object_with_other_bytes(tmp_path, movies, bucket, s3):
+    project = make_project(tmp_path, "p1", movies, [{}])
+    s3.put_object(Bucket=bucket, Key="archive/p1/mov_01.tif", Body=b"somebody else's movie")
+    client, _ = agent(tmp_path, [policy(project)])
+    done = client.post("/v1/data/projects/p1/archive", headers=AUTH).get_json()
+    assert "not overwriting" in done["failed"][str(movies / "mov_01.tif")]
+    assert (movies / "mov_01.tif").exists() and len(done["archived"]) == 2
+    assert (
+        s3.get_object(Bucket=bucket, Key="archive/p1/mov_01.tif")["Body"].read() == b"somebody else's movie"
+    )
+    # a movie put back by hand is not overwritten by a restore
+    (movies / "mov_00.tif").write_bytes(b"new")
+    back = client.post("/v1/data/projects/p1/restore", json={"confirm": True}, headers=AUTH).get_json()
+    assert "exists again" in back["failed"][str(movies / "mov_00.tif")]
+    assert (movies / "mov_00.tif").read_bytes() == b"new" and back["restored"] == [str(movies / "mov_02.tif")]
