@@ -172,6 +172,8 @@ def archive_route(project: str):
         return jsonify(_data().archiver.archive(project, dry_run=dry_run))
     except RuntimeError as exc:
         raise ApiError(409, str(exc)) from None
+    except OSError as exc:
+        raise ApiError(503, f"cannot read project {project!r}: {exc}") from None
 
 
 @bp.post("/v1/data/projects/<project>/restore")

@@ -92,9 +92,20 @@ def _apply(runs: dict[int, Run], rows: list[tuple], only: int | None = None) -> 
                     run.outputs[attr] = (classname, mapper.split(",")[0].strip())
 
 
+class ProjectUnreadable(OSError):
+    """Not a Scipion project, or its database cannot be read now."""
+
+
 def read_runs(project: Path) -> dict[int, Run]:
     runs: dict[int, Run] = {}
-    _apply(runs, _rows(project / "project.sqlite"))
+    database = project / "project.sqlite"
+    if not database.is_file():
+        raise ProjectUnreadable(f"{project} is not a Scipion project (no project.sqlite)")
+    try:
+        rows = _rows(database)
+    except sqlite3.Error as exc:
+        raise ProjectUnreadable(f"cannot read {database}: {exc}") from None
+    _apply(runs, rows)
     for run in list(runs.values()):
         run_db = project / run.working_dir / "logs" / "run.db" if run.working_dir else None
         if run_db and run_db.exists():

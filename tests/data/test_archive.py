@@ -205,3 +205,24 @@ def test_never_overwrites_an_object_with_other_bytes(tmp_path, movies, bucket, s
     back = client.post("/v1/data/projects/p1/restore", json={"confirm": True}, headers=AUTH).get_json()
     assert "exists again" in back["failed"][str(movies / "mov_00.tif")]
     assert (movies / "mov_00.tif").read_bytes() == b"new" and back["restored"] == [str(movies / "mov_02.tif")]
+
+
+def test_a_project_that_cannot_be_read_is_a_503_not_a_500(tmp_path, bucket):
+    client, _ = agent(tmp_path, [{"path": str(tmp_path / "nowhere"), "bucket": bucket, "name": "gone"}])
+    for method, url in (("get", "plan"), ("post", "archive")):
+        answer = getattr(client, method)(f"/v1/data/projects/gone/{url}", headers=AUTH)
+        assert answer.status_code == 503 and "not a Scipion project" in answer.get_json()["error"]
+    state = client.get("/v1/data", headers=AUTH).get_json()["projects"]["gone"]
+    assert "not a Scipion project" in state["problem"]
+
+
+def test_bad_configuration_is_reported_not_fatal(tmp_path):
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.follow"):
+        from_dict(agent_config_dict(tmp_path, data={"follow": ["s3://b/p"]}))
+    bad = tmp_path / "policy.toml"
+    bad.write_text('[[project]]\npath = "/data/p"\nbucket = "b"\nstorage_class = "TAPE"\n')
+    app = create_app(from_dict(agent_config_dict(tmp_path, data={"policy_file": str(bad)})), token=TOKEN)
+    state = app.test_client().get("/v1/data", headers=AUTH).get_json()
+    assert "storage_class must be one of" in state["problem"] and state["projects"] == {}
