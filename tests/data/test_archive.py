@@ -219,7 +219,7 @@ def test_a_project_that_cannot_be_read_is_a_503_not_a_500(tmp_path, bucket):
 def test_bad_configuration_is_reported_not_fatal(tmp_path):
     from agent.config import ConfigError
 
-    with pytest.raises(ConfigError, match="data.follow"):
+    with pytest.raises(ConfigError, match=r"data\.follow"):
         from_dict(agent_config_dict(tmp_path, data={"follow": ["s3://b/p"]}))
     bad = tmp_path / "policy.toml"
     bad.write_text('[[project]]\npath = "/data/p"\nbucket = "b"\nstorage_class = "TAPE"\n')
