@@ -80,6 +80,36 @@ def ensure(
         s3.create_bucket(**params)
         existed = False
         done.append("created")
+    if existed and transitions is None and kms_key is None:
+        # A bucket we are given: read its settings and change only what is missing. Users who may only
+        # put objects (no s3:PutBucket*) can still push; they are told what the bucket lacks.
+        try:
+            now = describe(s3, bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            return {"bucket": bucket, "existed": True, "done": [f"settings not readable ({code})"]}
+        if now["public_access_blocked"] and now["encryption"]:
+            return {"bucket": bucket, "existed": True, "done": ["private and encrypted already"], **now}
+        try:
+            return _secure(s3, bucket, None, existed, done)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            warning = (
+                f"WARNING: bucket is not private and encrypted, and these credentials cannot fix it ({code})"
+            )
+            return {"bucket": bucket, "existed": True, "done": [warning], **now}
+    result = _secure(s3, bucket, kms_key, existed, done)
+    if transitions is not None:
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=bucket,
+            LifecycleConfiguration={"Rules": lifecycle_rules(lifecycle_prefix, transitions)},
+        )
+        result["done"].append("lifecycle set")
+        result.update(describe(s3, bucket))
+    return result
+
+
+def _secure(s3, bucket: str, kms_key: str | None, existed: bool, done: list[str]) -> dict:
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=BLOCK_ALL)
     done.append("public access blocked")
     rule: dict[str, Any] = (
@@ -92,19 +122,23 @@ def ensure(
         },
     )
     done.append("default encryption " + rule["SSEAlgorithm"])
-    if transitions is not None:
-        s3.put_bucket_lifecycle_configuration(
-            Bucket=bucket,
-            LifecycleConfiguration={"Rules": lifecycle_rules(lifecycle_prefix, transitions)},
-        )
-        done.append("lifecycle set")
     return {"bucket": bucket, "existed": existed, "done": done, **describe(s3, bucket)}
 
 
 def describe(s3, bucket: str) -> dict:
     """What the bucket's settings are now, read back from S3."""
-    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
-    encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    try:
+        block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchPublicAccessBlockConfiguration":
+            raise
+        block = {}
+    try:
+        encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ServerSideEncryptionConfigurationNotFoundError":
+            raise
+        encryption = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": None}}
     try:
         rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
     except ClientError:

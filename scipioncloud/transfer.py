@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB  # S3's smallest part (all but the last)
 MAX_PARTS = 10_000  # S3's most parts per upload
-DEFAULT_PART = 32 * MiB  # 8 workers x 2 read-ahead x 32 MiB = 512 MiB of buffers at most
+DEFAULT_PART = 64 * MiB  # a part is in memory only while a worker sends it: 8 x 64 MiB at most
 DEFAULT_CONCURRENCY = 8
 SINGLE_GET_MAX = 256 * MiB  # single-part objects up to this size come in one GET (verified as they arrive)
 PARTIAL_SUFFIX = ".scipioncloud-partial"  # a pull in progress; renamed into place once verified

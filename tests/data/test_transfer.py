@@ -254,3 +254,14 @@ def test_restore_from_glacier_quotes_then_brings_back_identical_bytes(cli_env, s
     assert code == 0, out
     assert "ongoing-request" in s3.head_object(Bucket="lab-movies", Key="old/m0.tif")["Restore"]
     assert tree(tmp_path / "back") == tree(src)
+
+
+def test_a_given_bucket_is_made_private_and_encrypted(cli_env, s3, tmp_path):
+    s3.create_bucket(Bucket="old-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.delete_bucket_encryption(Bucket="old-bucket")
+    movie = make_movie(tmp_path / "m.tif", 1000)
+    code, out = cli_json(cli_env, "data", "push", str(movie), "s3://old-bucket/x/")
+    assert code == 0, out
+    block = s3.get_public_access_block(Bucket="old-bucket")["PublicAccessBlockConfiguration"]
+    assert all(block.values()) and len(block) == 4
+    assert s3.get_bucket_encryption(Bucket="old-bucket")["ServerSideEncryptionConfiguration"]["Rules"]
