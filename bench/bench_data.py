@@ -62,29 +62,42 @@ def timed(argv: list[str], env: dict, server: psutil.Process) -> tuple[float, fl
     return elapsed, children_cpu() - before, sum(server.cpu_times()[:2]) - server_before
 
 
-def ceiling(url: str, files: list[Path], bucket: str, threads: int = 8) -> tuple[float, float]:
-    """MB/s of bare parallel PUTs then GETs (no signature, no checksum): what the endpoint itself allows."""
+def ceiling(url: str, files: list[Path], bucket: str, s3, threads: int = 8) -> tuple[float, float]:
+    """MB/s of bare parallel PUTs then GETs on presigned URLs (no payload hashing, no checksum, one
+    http.client request each): what the endpoint itself allows."""
     host, port = url.split("//")[1].split(":")
 
-    def put(path: Path) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=300)
-        conn.request("PUT", f"/{bucket}/ceiling/{path.name}", body=path.read_bytes())
-        conn.getresponse().read()
-        conn.close()
+    def target(method: str, path: Path) -> str:
+        signed = s3.generate_presigned_url(method, Params={"Bucket": bucket, "Key": f"ceiling/{path.name}"})
+        return signed.split(f"{port}", 1)[1]
 
-    def get(path: Path) -> None:
+    def put(path: Path) -> int:
         conn = http.client.HTTPConnection(host, int(port), timeout=300)
-        conn.request("GET", f"/{bucket}/ceiling/{path.name}")
-        conn.getresponse().read()
+        body = path.read_bytes()
+        conn.request("PUT", target("put_object", path), body=body)
+        answer = conn.getresponse()
+        answer.read()
         conn.close()
+        if answer.status != 200:
+            raise RuntimeError(f"bare PUT answered {answer.status}")
+        return len(body)
 
-    total = sum(p.stat().st_size for p in files)
+    def get(path: Path) -> int:
+        conn = http.client.HTTPConnection(host, int(port), timeout=300)
+        conn.request("GET", target("get_object", path))
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+        if answer.status != 200 or len(body) != path.stat().st_size:
+            raise RuntimeError(f"bare GET answered {answer.status} with {len(body)} bytes")
+        return len(body)
+
     rates = []
     for op in (put, get):
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            list(pool.map(op, files))
-        rates.append(total / (time.perf_counter() - start) / 1e6)
+            moved = sum(pool.map(op, files))
+        rates.append(moved / (time.perf_counter() - start) / 1e6)
     return rates[0], rates[1]
 
 
@@ -118,9 +131,9 @@ def main() -> int:
             gb = total / 1e9
             import boto3
 
-            boto3.client("s3", endpoint_url=server.url, region_name="eu-west-1",
-                         **{k.lower(): v for k, v in moto_server.FAKE_CREDENTIALS.items()}).create_bucket(
-                Bucket="bench", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})  # fmt: skip
+            creds = {k.lower(): v for k, v in moto_server.FAKE_CREDENTIALS.items()}
+            admin = boto3.client("s3", endpoint_url=server.url, region_name="eu-west-1", **creds)
+            admin.create_bucket(Bucket="bench", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
             proc = psutil.Process(server.process.pid)
             ours = [sys.executable, "-m", "scipioncloud.cli", "data"]
             tools = {
@@ -158,7 +171,7 @@ def main() -> int:
                 ),
             }
             print(f"bench_data: {len(files)} files, {gb:.3f} GB, endpoint moto server {server.url}")
-            put_ceiling, get_ceiling = ceiling(server.url, files, "bench")
+            put_ceiling, get_ceiling = ceiling(server.url, files, "bench", admin)
             print(f"  endpoint ceiling (bare parallel HTTP, 8 threads): PUT {put_ceiling:.0f} MB/s, "
                   f"GET {get_ceiling:.0f} MB/s")  # fmt: skip
             results = {}
