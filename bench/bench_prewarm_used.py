@@ -30,6 +30,7 @@ from agent.config import StorageConfig
 
 
 def digest(device: str) -> str:
+    subprocess.run(["blockdev", "--flushbufs", device], check=True)  # read the disk, not stale cache
     h = hashlib.sha256()
     with open(device, "rb") as f:
         while chunk := f.read(8 << 20):

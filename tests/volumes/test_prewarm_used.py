@@ -17,6 +17,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.root, needs_root]
 MiB = 1024 * 1024
 
 
+def disk_checksum(device: str) -> str:
+    """The device's bytes as on disk: its buffer cache may still hold blocks from before the mount."""
+    sh("blockdev", "--flushbufs", device)
+    return checksum(device)
+
+
 def file_extents(path: str) -> list[tuple[int, int]]:
     """Physical byte ranges of a file, from filefrag -e (FIEMAP) on the mounted filesystem."""
     out = sh("filefrag", "-e", "-b1", path)
@@ -49,7 +55,7 @@ def test_used_blocks_cover_every_file_and_skip_free_space(loops, tmp_path, stora
     used = sum(n for _o, n in ranges)
     assert 128 * MiB <= used < 0.4 * size
 
-    before = checksum(device)
+    before = disk_checksum(device)
     found = blockdev.find(dataclasses.replace(storage, prewarm_used_only=True), device)
     manager = prewarm.PrewarmManager(
         dataclasses.replace(storage, prewarm_used_only=True), aws_status=lambda volume_id: None
@@ -58,7 +64,7 @@ def test_used_blocks_cover_every_file_and_skip_free_space(loops, tmp_path, stora
     job.thread.join(120)
     assert job.state == "done", job.error
     assert job.done == job.size == used and "used blocks only" in job.reason
-    assert checksum(device) == before  # read-only: the device is unchanged
+    assert disk_checksum(device) == before  # read-only: the device is unchanged
 
     full = prewarm.PrewarmManager(
         dataclasses.replace(storage, prewarm_used_only=False), aws_status=lambda volume_id: None
