@@ -21,6 +21,7 @@ CAPABILITIES = (
     "agent.volumes",
     "agent.desktop",
     "agent.usage",
+    "agent.data",
     "agent.metrics",
 )
 

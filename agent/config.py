@@ -53,6 +53,9 @@ class StorageConfig:
     include_loop: bool = False
     prewarm_auto: bool = True
     prewarm_rate_mb_s: float | None = None
+    prewarm_used_only: bool = (
+        True  # ext4/xfs: read only the blocks the filesystem uses (agent.volumes.prewarm_ranges)
+    )
     # Mountpoints whose devices (and every device they sit on) are "root": never formatted, mounted,
     # unmounted or read by the agent. "/" always counts; list more here (e.g. "/boot/efi").
     protected_mounts: tuple[str, ...] = ("/",)
@@ -126,6 +129,17 @@ class DesktopConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Movies (agent.data): archive policies, S3 prefixes followed into Scipion's import folders."""
+
+    policy_file: Path = Path("/etc/scipioncloud/data-policy.toml")
+    # "s3://BUCKET/PREFIX=/data/movies/incoming": new movies under the prefix land in that folder
+    follow: tuple[str, ...] = ()
+    interval_s: float = 30.0
+    auto_archive: bool = False  # archive by policy on every look (otherwise on request)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
@@ -134,6 +148,7 @@ class Config:
     idle: IdleConfig = field(default_factory=IdleConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     desktop: DesktopConfig = field(default_factory=DesktopConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     @property
     def bind_host(self) -> str:
@@ -170,6 +185,10 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         return Path(value)
     if isinstance(default, tuple):
+        if (section, key) == ("data", "follow"):
+            if not isinstance(value, list) or not all(isinstance(v, str) and "=/" in v for v in value):
+                raise ConfigError(f'{where}: expected a list of "s3://BUCKET/PREFIX=/folder", got {value!r}')
+            return tuple(value)
         if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("/") for v in value):
             raise ConfigError(f"{where}: expected a list of absolute paths, got {value!r}")
         return tuple(value)

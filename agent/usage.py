@@ -104,7 +104,7 @@ class Prices:
             return self._volumes[0]
         total = 0.0
         try:
-            from agent import blockdev
+            from agent.volumes import blockdev
 
             devices = [d for d in blockdev.discover(self.config.storage) if d.volume_id]
             identity = host.sampler(self.app).identity.identity

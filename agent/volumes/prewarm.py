@@ -451,6 +451,12 @@ class PrewarmManager:
         return True
 
     def _read_locked(self, job: Job) -> None:
+        if self.storage.prewarm_used_only:  # read only the blocks the filesystem uses (issue 14)
+            from agent.volumes import prewarm_ranges  # it imports this module
+
+            ranges = prewarm_ranges.used_ranges(job.device, job.size)
+            if ranges is not None:
+                return prewarm_ranges.run_job(self, job, ranges, Checkpoint)
         job.state = "running"
         self._rebalance()
         checkpoint = Checkpoint(job.identity, job.size, job.done)
