@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_prewarm import BLKIO, EBS_BPS, blkio_limit, drop_caches
 
-from agent.volumes import blockdev, prewarm, prewarm_ranges
 from agent.config import StorageConfig
+from agent.volumes import blockdev, prewarm, prewarm_ranges
 
 
 def digest(device: str) -> str:

@@ -1,6 +1,6 @@
-"""Pre-warm of the used blocks only (agent.volumes.prewarm_ranges) on real ext4 and xfs loop devices: every block a
-file occupies is read, free space is not, the device is unchanged, and `prewarm_used_only = false` reads
-everything."""
+"""Pre-warm of the used blocks only (agent.volumes.prewarm_ranges) on real ext4 and xfs loop devices: every
+block a file occupies is read, free space is not, the device is unchanged, and `prewarm_used_only = false`
+reads everything."""
 
 from __future__ import annotations
 
