@@ -95,12 +95,20 @@ def read_range(
     stop: threading.Event | None = None,
 ) -> tuple[int, bool]:
     """Read [offset, offset+length) with fio, reporting bytes read; returns (bytes read, finished)."""
-    process = subprocess.Popen(
+    return run_fio(
         fio_argv(path, offset, length, bs=bs, rate_bytes_s=rate_bytes_s),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        length,
+        lambda document: on_progress(read_bytes(document)),
+        stop,
     )
+
+
+def run_fio(
+    argv: list[str], total: int, on_status: Callable[[dict], None], stop: threading.Event | None = None
+) -> tuple[int, bool]:
+    """Run one fio with JSON status output: on_status(document) for each status, a stop request ends it at
+    once. Returns (bytes read, finished: exit 0, not stopped, `total` bytes read)."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = 0
     if stop is not None:
         # A stop request ends fio at once; its status stream then closes and the loop below returns.
@@ -116,7 +124,7 @@ def read_range(
     try:
         for document in json_documents(process.stdout):  # type: ignore[arg-type]
             done = read_bytes(document)
-            on_progress(done)
+            on_status(document)
         stderr = process.stderr.read() if process.stderr else ""
         returncode = process.wait()
     finally:
@@ -129,7 +137,7 @@ def read_range(
     stopped = stop is not None and stop.is_set()
     if returncode != 0 and not stopped:
         raise FioError(f"fio exited with {returncode}: {stderr.strip()[-500:]}")
-    return done, (returncode == 0 and not stopped and done >= length)
+    return done, (returncode == 0 and not stopped and done >= total)
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
-import threading
 import time
 
 from agent.volumes import prewarm
@@ -162,41 +161,15 @@ def fio_ranges_argv(
 def read_ranges(path, ranges, *, bs, rate_bytes_s, on_progress, stop) -> tuple[int, bool]:
     """Read every range with one fio; (bytes read, finished). Same contract as prewarm.read_range."""
     total = sum(length for _o, length in ranges)
-    process = subprocess.Popen(
-        fio_ranges_argv(path, ranges, bs=bs, rate_bytes_s=rate_bytes_s),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+
+    def status(document: dict) -> None:
+        per_job = {j.get("jobname"): j.get("read", {}).get("io_bytes", 0) for j in document.get("jobs", [])}
+        read = [per_job.get(f"r{i}", 0) for i in range(len(ranges))]
+        on_progress(prewarm.read_bytes(document), safe_prefix(ranges, read))
+
+    return prewarm.run_fio(
+        fio_ranges_argv(path, ranges, bs=bs, rate_bytes_s=rate_bytes_s), total, status, stop
     )
-
-    def watch() -> None:  # a stop request ends fio at once
-        while process.poll() is None:
-            if stop.wait(0.1):
-                if process.poll() is None:
-                    process.terminate()
-                return
-
-    threading.Thread(target=watch, name="fio-watch", daemon=True).start()
-    done = 0
-    try:
-        for document in prewarm.json_documents(process.stdout):  # type: ignore[arg-type]
-            done = prewarm.read_bytes(document)
-            per_job = {
-                j.get("jobname"): j.get("read", {}).get("io_bytes", 0) for j in document.get("jobs", [])
-            }
-            on_progress(done, safe_prefix(ranges, [per_job.get(f"r{i}", 0) for i in range(len(ranges))]))
-        stderr = process.stderr.read() if process.stderr else ""
-        returncode = process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
-    if returncode != 0 and not stop.is_set():
-        raise prewarm.FioError(f"fio exited with {returncode}: {stderr.strip()[-500:]}")
-    return done, returncode == 0 and not stop.is_set() and done >= total
 
 
 def safe_prefix(ranges: list[tuple[int, int]], read: list[int]) -> int:
