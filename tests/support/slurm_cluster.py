@@ -25,11 +25,11 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import processes
+from tests.support.slurm import Daemons
 
 CONTROLLER = "scipionctl"
 SLURM_PORT_CTLD = 6817  # inside our own namespaces: no other process can hold these ports
@@ -46,7 +46,7 @@ class Node:
     partitions: tuple[str, ...] = ("gpu",)
 
 
-class SlurmCluster:
+class SlurmCluster(Daemons):
     def __init__(self, tmp: Path, nodes: list[Node], partitions: dict[str, str]):
         self.tmp = Path(tmp)
         self.nodes = nodes
@@ -127,12 +127,6 @@ class SlurmCluster:
         out = self.run("scontrol", "show", "job", "-d", str(job_id), check=False).stdout
         return dict(re.findall(r"(\w+)=(\S*)", out))
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-            for p in sorted((self.tmp / "log").glob("*"))
-        )
-
     # -- internals -----------------------------------------------------------------------------------------
     def _make_folders(self) -> None:
         for sub in ("etc", "munge", "munge-key", "state", "spool", "log", "run"):
@@ -186,23 +180,6 @@ class SlurmCluster:
         # nsenter rather than `ip netns exec`: the latter remounts /sys, hiding the cgroup file system slurmd
         # needs; nsenter changes only the network namespace.
         return ["nsenter", f"--net=/run/netns/{namespace}"]
-
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (self.tmp / "log" / f"{name}.out").open("w")
-        self._logs.append(log)
-        self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env))
-
-    def _wait_for(self, check, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{process.args} exited ({process.returncode}) waiting for {what}\n"
-                                       f"{self.logs()}")  # fmt: skip
-            if check():
-                return
-            time.sleep(0.3)
-        raise TimeoutError(f"timed out waiting for {what}\n{self.logs()}")
 
     def _controller_answers(self) -> bool:
         return "UP" in self.run("scontrol", "ping", check=False).stdout
