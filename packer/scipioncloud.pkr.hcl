@@ -1,5 +1,6 @@
-# The bake: an Ubuntu LTS base from Canonical, the roles of roles/site.yml with the image's vars, a reboot
-# when the driver install asks for one, the in-image verification, sysprep last, then the AMI (copied and
+# The bake: an Ubuntu LTS base from Canonical (for cluster images ParallelCluster's official AMI, through
+# base_ami_name/base_ami_owner), the roles of roles/site.yml with the image's vars, a reboot when the driver
+# install asks for one, the in-image verification, sysprep last, then the AMI (copied and
 # shared as asked, tagged with its provenance) and the manifest.
 
 locals {
@@ -35,11 +36,11 @@ source "amazon-ebs" "ubuntu" {
 
   source_ami_filter {
     filters = {
-      name                = "ubuntu/images/hvm-ssd*/ubuntu-${local.ubuntu_codename}-${var.ubuntu_version}-amd64-server-*"
+      name                = var.base_ami_name != "" ? var.base_ami_name : "ubuntu/images/hvm-ssd*/ubuntu-${local.ubuntu_codename}-${var.ubuntu_version}-amd64-server-*"
       root-device-type    = "ebs"
       virtualization-type = "hvm"
     }
-    owners      = ["099720109477"] # Canonical
+    owners      = [var.base_ami_owner] # Canonical by default
     most_recent = true
   }
 

@@ -69,6 +69,11 @@ class AgentClient:
                 result[name] = {"unavailable": f"{path} answered {status}"}
         return result
 
+    def post(self, path: str, body: dict | None = None) -> Any:
+        status, answer = self.request("POST", path, body)
+        self._raise_for(status, answer, path)
+        return answer
+
     def mount(
         self, volume: str, mountpoint: str, fstype: str = "ext4", format_: str = DEFAULT_MOUNT_FORMAT
     ) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from scipioncloud import __version__
-from scipioncloud.commands import bake, cost, images, instances, provision, volumes
+from scipioncloud.commands import bake, cluster, cost, data, images, instances, provision, usage, volumes
 
 
 @click.group()
@@ -15,6 +15,10 @@ def main() -> None:
     """Bake ScipionCloud images and run cryo-EM workstations on AWS."""
 
 
-for module in (images, volumes, cost, instances, provision, bake):
+for module in (images, volumes, cost, instances, provision, bake, usage, cluster, data):
     for cmd in module.COMMANDS:
         main.add_command(cmd)
+
+
+if __name__ == "__main__":  # python -m scipioncloud.cli (tests run it as a process)
+    main()

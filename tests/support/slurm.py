@@ -29,7 +29,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalSlurm:
+class Daemons:
+    """Slurm's daemons as this test's children: each logs to tmp/log/<name>.out.log; `_wait_for` fails at
+    once, with the logs, when one of them exits while we wait."""
+
+    tmp: Path
+    env: dict[str, str]
+    processes: list[subprocess.Popen]
+    _logs: list
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted((self.tmp / "log").glob("*"))
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (self.tmp / "log" / f"{name}.out.log").open("w")
+        self._logs.append(log)
+        self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env))
+
+    def _wait_for(self, check, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args} exited ({process.returncode}) waiting for {what}\n"
+                                       f"{self.logs()}")  # fmt: skip
+            if check():
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"timed out waiting for {what}\n{self.logs()}")
+
+
+class LocalSlurm(Daemons):
     def __init__(self, tmp: Path, cpus: int = 2, memory_mb: int = 1000, partition: str = "gpu"):
         self.tmp = Path(tmp)
         self.cpus = cpus
@@ -114,29 +147,7 @@ class LocalSlurm:
             time.sleep(0.5)
         raise TimeoutError(f"job {job} still {state} after {timeout} s\n{self.logs()}")
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((self.tmp / "log").glob("*.log"))
-        )
-
     # -- internals -----------------------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (self.tmp / "log" / f"{name}.out.log").open("w")
-        self._logs.append(log)
-        self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env))
-
-    def _wait_for(self, check, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{process.args[0]} exited ({process.returncode}) waiting for {what}\n"
-                                       f"{self.logs()}")  # fmt: skip
-            if check():
-                return
-            time.sleep(0.3)
-        raise TimeoutError(f"timed out waiting for {what}\n{self.logs()}")
-
     def _controller_answers(self) -> bool:
         return self.run("scontrol", "ping", check=False).stdout.find("UP") >= 0
 

@@ -143,6 +143,7 @@ def test_each_capability_registers_its_own_collector(tmp_path):
         "host": "agent.host",
         "idle": "agent.idle",
         "prewarm": "agent.volumes",
+        "usage": "agent.usage",
     }
     with pytest.raises(ValueError, match="already registered"):
         collectors.register(app, "gpu", lambda app: (iter([]), True))
