@@ -10,6 +10,7 @@ and a summary table. Packer runs through packer-py (module `packerpy`).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -241,6 +242,14 @@ class PackerOutput:
         return found
 
 
+def plugin_dir(repo: Path, out_dir: Path) -> Path:
+    """The Packer plugin folder of this set of pins. Packer loads the highest installed version of a plugin
+    whatever a template asks, so `packer init` and the build share a folder that holds only what
+    packer/plugins/plugins.pkr.hcl pins (one folder per pin set: a changed pin never meets an old install)."""
+    pins = (repo / "packer/plugins/plugins.pkr.hcl").read_bytes()
+    return out_dir / "packer-plugins" / hashlib.sha256(pins).hexdigest()[:12]
+
+
 def run_packer(packer: str, command: str, template: Path, log: Path, show: bool, **kwargs) -> PackerOutput:
     """One Packer command through packer-py, its output streamed into PackerOutput; raises on failure."""
     from packerpy import PackerExecutable
@@ -338,6 +347,7 @@ def bake(
         **overrides,
     }
     if version >= INIT_PACKER:
+        os.environ["PACKER_PLUGIN_PATH"] = str(plugin_dir(repo, out_dir))
         run_packer(packer, "init", repo / "packer/plugins", log, show)
     run_packer(packer, "validate", repo / "packer", log, False, **packer_args(image, variables))
     output = run_packer(packer, "build", repo / "packer", log, show, color="false",

@@ -408,45 +408,82 @@ def nvidia_packages() -> list[FakeDeb]:
     return packages
 
 
-def turbovnc_packages(version: str = "3.1.2") -> list[FakeDeb]:
-    banner = f"TurboVNC Server (Xvnc) 64-bit v{version} (build 20240808)"
-    stub = (
-        "#!/bin/sh\n"
-        f'case "$1" in -version|--version|-v) echo "{banner}"; exit 0;; esac\n'
-        'echo "$(basename "$0"): test repository stand-in for TurboVNC; it cannot run a server" >&2\n'
-        "exit 1\n"
-    )
-    return [
-        FakeDeb(
-            "turbovnc",
-            version,
-            files={
-                "/opt/TurboVNC/bin/vncserver": stub,
-                "/opt/TurboVNC/bin/Xvnc": stub,
-                "/opt/TurboVNC/bin/vncpasswd": stub,
-                "/etc/turbovncserver.conf": '# $geometry = "1240x900";\n',
-                "/etc/turbovncserver-security.conf": "# permitted-security-types = TLSVnc\n",
-            },
-            description="A highly-optimized version of VNC that can be used with VirtualGL",
+# TurboVNC and VirtualGL .debs are versioned VERSION-BUILD (release/deb-control.in: `Version:
+# @VERSION@-@BUILD@`), BUILD defaulting to the build day (CMakeLists.txt: `string(TIMESTAMP DEFAULT_BUILD
+# "%Y%m%d")`). BUILD here is the release tag's commit day (TurboVNC 3.3: 2026-02-06, 3.2.1: 2025-10-07;
+# VirtualGL 3.1.4: 2025-10-07, 3.1.3: 2025-04-08); the vendor's build day may differ, hence the role's
+# VERSION-* pins.
+TURBOVNC_RELEASES = (("3.3", "20260206"), ("3.2.1", "20251007"))
+VIRTUALGL_RELEASES = (("3.1.4", "20251007"), ("3.1.3", "20250408"))
+
+
+def turbovnc_packages(releases: Iterable[tuple[str, str]] = TURBOVNC_RELEASES) -> list[FakeDeb]:
+    """Every release in `releases` (VERSION, BUILD): the pin must pick the wanted one among several."""
+    packages = []
+    for version, build in releases:
+        banner = f"TurboVNC Server (Xvnc) 64-bit v{version} (build {build})"
+        stub = (
+            "#!/bin/sh\n"
+            f'case "$1" in -version|--version|-v) echo "{banner}"; exit 0;; esac\n'
+            'echo "$(basename "$0"): test repository stand-in for TurboVNC; it cannot run a server" >&2\n'
+            "exit 1\n"
         )
-    ]
+        packages.append(
+            FakeDeb(
+                "turbovnc",
+                f"{version}-{build}",
+                files={
+                    "/opt/TurboVNC/bin/vncserver": stub,
+                    "/opt/TurboVNC/bin/Xvnc": stub,
+                    "/opt/TurboVNC/bin/vncpasswd": stub,
+                    "/etc/turbovncserver.conf": '# $geometry = "1240x900";\n',
+                    "/etc/turbovncserver-security.conf": "# permitted-security-types = TLSVnc\n",
+                },
+                description="A highly-optimized version of VNC that can be used with VirtualGL",
+            )
+        )
+    return packages
 
 
-def virtualgl_packages(version: str = "3.1.1") -> list[FakeDeb]:
+# What VirtualGL 3.1.4's server/vglserver_config does for `-config +egl` with its defaults (-s -f: vglusers
+# only): `groupadd vglusers`, /etc/modprobe.d/virtualgl.conf giving /dev/nvidia* to root:vglusers 0660
+# (NVreg_DeviceFile*), /etc/udev/rules.d/99-virtualgl-dri.rules giving /dev/dri/card* and renderD* to
+# root:vglusers 0660. It also chmods the device nodes that exist now; this stand-in does not (the test
+# root's /dev is the host's), and it never unloads modules.
+VGLSERVER_CONFIG = """#!/bin/sh
+# Stand-in for VirtualGL's vglserver_config: the files it writes for -config +egl, not the device nodes.
+set -e
+[ "$1" = "-config" ] && [ "$2" = "+egl" ] || { echo "stand-in vglserver_config: only -config +egl" >&2; exit 1; }
+echo "... Creating vglusers group ..."
+groupadd vglusers 2>/dev/null || echo "Could not add vglusers group (probably because it already exists.)"
+gid=$(getent group vglusers | cut -d: -f3)
+echo "... Creating /etc/modprobe.d/virtualgl.conf to set requested permissions for /dev/nvidia* ..."
+mkdir -p /etc/modprobe.d /etc/udev/rules.d
+echo "options nvidia NVreg_DeviceFileUID=0 NVreg_DeviceFileGID=$gid NVreg_DeviceFileMode=0660" \
+  > /etc/modprobe.d/virtualgl.conf
+chmod 644 /etc/modprobe.d/virtualgl.conf
+echo 'KERNEL=="card*|renderD*", MODE="0660", OWNER="root", GROUP="vglusers"' \
+  > /etc/udev/rules.d/99-virtualgl-dri.rules
+echo "... stand-in: device nodes left alone (the test root's /dev is the host's) ..."
+"""
+
+
+def virtualgl_packages(releases: Iterable[tuple[str, str]] = VIRTUALGL_RELEASES) -> list[FakeDeb]:
     return [
         FakeDeb(
             "virtualgl",
-            version,
+            f"{version}-{build}",
             files={
                 # Like the real vglrun: marks the environment (VGL_ISACTIVE=1) and runs the command; no
                 # OpenGL interposing here (no GPU, no libvglfaker).
                 "/opt/VirtualGL/bin/vglrun": '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\n'
                 'VGL_ISACTIVE=1\nexport VGL_ISACTIVE\nexec "$@"\n',
-                "/opt/VirtualGL/bin/vglserver_config": "#!/bin/sh\necho stand-in >&2\n",
+                "/opt/VirtualGL/bin/vglserver_config": VGLSERVER_CONFIG,
                 "/opt/VirtualGL/bin/glxinfo": "#!/bin/sh\necho 'OpenGL vendor string: Mesa (stand-in)'\n",
             },
             description="A toolkit for displaying OpenGL applications to thin clients",
         )
+        for version, build in releases
     ]
 
 
