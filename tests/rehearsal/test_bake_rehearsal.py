@@ -3,8 +3,10 @@ server on 127.0.0.1) whose real Ansible provisioner runs the real roles over SSH
 root filesystem (tests/support/sshd_target.py). Only the EC2 endpoint, the SSH target, verify_gpu (no GPU
 here) and, through the template's `ansible_overrides_file`, the vendor repositories (NVIDIA's CUDA repository
 -> the local signed stand-in on 127.0.0.1) and Scipion's plugin binaries (off: their sources are not
-reachable here) are overridden, as are TurboVNC's and VirtualGL's repositories (local signed stand-ins) and
-the two desktop steps that need systemd or a GPU device."""
+reachable here) are overridden, as are TurboVNC's and VirtualGL's repositories (local signed stand-ins).
+Every other step runs as in a real bake: the desktop's units are enabled (not started: the bake's
+scipioncloud_bake), vglserver_config runs (the stand-in writes the upstream's files), and apt's locks are
+held past apt's default 60 s wait when Packer connects, as unattended-upgrades does on a fresh Ubuntu AMI."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tests.support.moto_server import CANONICAL
 pytestmark = [pytest.mark.rehearsal, pytest.mark.root]
 IMAGE = "scipion-desktop"
 HOME_REGION, COPY_REGION = "eu-west-1", "us-east-1"
+LOCK_HELD_S = 75  # longer than apt's default 60 s lock wait
 
 
 def host_fingerprint() -> dict[str, str]:
@@ -68,14 +71,12 @@ def rehearsal(
                 "desktop_turbovnc_repo_key_url": turbovnc_apt_repo.key_url,
                 "desktop_virtualgl_repo_url": virtualgl_apt_repo.url,
                 "desktop_virtualgl_repo_key_url": virtualgl_apt_repo.key_url,
-                "desktop_service_manage": False,  # the build root is a chroot: no systemd to ask
-                "desktop_vgl_configure": False,  # no GPU device to hand to vglusers
             }
         )
     )
     before = host_fingerprint()
     timings = {}
-    with rootfs.disposable(work, rootfs_tarball) as root:
+    with rootfs.disposable(work, rootfs_tarball) as root, rootfs.hold_apt_locks(root, LOCK_HELD_S) as holder:
         target = sshd_target.start(root, work / "sshd")
         try:
             env = {**os.environ, **moto_server.env(HOME_REGION)}
@@ -92,6 +93,7 @@ def rehearsal(
             timings["bake_s"] = time.monotonic() - started
         finally:
             target.stop()
+        lock_holder = holder.stdout.read() if holder.poll() is not None else "still holding"
         records = sorted((work / "build").glob(f"{IMAGE}-*[0-9].json"))
         record = json.loads(records[-1].read_text()) if records else {}
         audit = hygiene.audit(root)
@@ -101,10 +103,14 @@ def rehearsal(
             root,
             REPO / "roles/site.yml",
             vars_files=[REPO / "images" / f"{IMAGE}.yml", overrides],
-            extra_vars={"agent_wheel": str(wheel)},
+            extra_vars={"agent_wheel": str(wheel), "scipioncloud_bake": True},
         )
         timings["second_run_s"] = time.monotonic() - started
-        yield {"bake": bake, "record": record, "audit": audit, "again": again, "root_log": target.log()}
+        home = sorted(str(p.relative_to(root)) for p in (root / "home/ubuntu").rglob("*"))
+        yield {
+            "bake": bake, "record": record, "audit": audit, "again": again, "root_log": target.log(),
+            "root": root, "lock_holder": lock_holder, "home": home,
+        }  # fmt: skip
     timings["total_s"] = sum(timings.values())
     print(f"\nrehearsal timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     assert host_fingerprint() == before, "the rehearsal changed the machine running it"
@@ -144,12 +150,12 @@ def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server)
         assert tags["scipioncloud:image"] == IMAGE, tags
         assert tags["scipioncloud:version"] == "0.1.0"
         assert tags["scipioncloud:git"] == record["git_revision"] != "unknown"
-        assert tags["scipioncloud:ubuntu"] == "22.04"
+        assert tags["scipioncloud:ubuntu"] == "24.04"  # the default base
         assert tags["scipioncloud:gpu"] == "required"  # what `scipioncloud launch` checks types against
         assert tags["scipioncloud:scipioncloud"] == record["component_versions"]["scipioncloud"]
         base = ec2.describe_images(ImageIds=[tags["scipioncloud:base-ami"]])["Images"][0]
-        assert base["OwnerId"] == CANONICAL and "jammy-22.04" in base["Name"]
-        assert image["Name"].startswith(f"{IMAGE}-0.1.0-ubuntu-22.04-")
+        assert base["OwnerId"] == CANONICAL and "noble-24.04" in base["Name"]
+        assert image["Name"].startswith(f"{IMAGE}-0.1.0-ubuntu-24.04-")
         snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
         assert snapshots, image["BlockDeviceMappings"]
         for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
@@ -179,3 +185,50 @@ def _moto_client_args(moto_server) -> dict:
         "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
         "aws_session_token": env["AWS_SESSION_TOKEN"],
     }
+
+
+def test_bake_waited_for_the_apt_locks(rehearsal):
+    """The locks were still held when Packer's Ansible began (a 75 s hold; moto and SSH take seconds), and the
+    bake passed: every apt task waits (site.yml's lock_timeout) instead of failing after apt's 60 s."""
+    assert rehearsal["bake"].returncode == 0, rehearsal["bake"].stdout[-3000:]
+    assert rehearsal["lock_holder"].strip() == "released", rehearsal["lock_holder"]
+
+
+def test_desktop_enabled_not_started_and_gpu_access_decided(rehearsal):
+    root = rehearsal["root"]
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("scipioncloud-desktop", "scipioncloud-websockify", "scipioncloud-desktop-firstboot"):
+        assert (wants / f"{unit}.service").exists(), unit
+    # nothing of a session in the desktop user's home: only what the roles put there on purpose
+    session_traces = [
+        p
+        for p in rehearsal["home"]
+        if any(t in p for t in (".vnc", ".Xauthority", ".cache", ".config/xfce4", ".dbus"))
+    ]
+    assert session_traces == [], session_traces
+    # vglserver_config ran: the GPU devices go to vglusers, and vglusers holds exactly who needs the GPU
+    conf = (root / "etc/modprobe.d/virtualgl.conf").read_text()
+    gid = next(
+        line.split(":")[2]
+        for line in (root / "etc/group").read_text().splitlines()
+        if line.startswith("vglusers:")
+    )
+    assert f"NVreg_DeviceFileGID={gid} NVreg_DeviceFileMode=0660" in conf
+    members = next(
+        line.split(":")[3]
+        for line in (root / "etc/group").read_text().splitlines()
+        if line.startswith("vglusers:")
+    )
+    accounts = {line.split(":")[0] for line in (root / "etc/passwd").read_text().splitlines()}
+    expected = {"ubuntu"} | ({"nvidia-persistenced", "nvpd"} & accounts)
+    assert set(members.split(",")) == expected
+    # the second run (as a bake) asked systemd to start nothing
+    doc = json.loads(rehearsal["again"].stdout[rehearsal["again"].stdout.find("{") :])
+    states = [
+        (task["task"]["name"], task["hosts"].get("rootfs", {}).get("invocation", {}).get("module_args", {}))
+        for play in doc["plays"] for task in play["tasks"]
+    ]  # fmt: skip
+    started = [
+        (name, args["state"]) for name, args in states if args.get("state") in ("started", "restarted")
+    ]
+    assert started == [], started
