@@ -10,12 +10,14 @@ held past apt's default 60 s wait when Packer connects, as unattended-upgrades d
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,13 +25,13 @@ import boto3
 import pytest
 
 from tests.conftest import REPO
-from tests.support import hygiene, rootfs, sshd_target
+from tests.support import hygiene, processes, rootfs, sshd_target
 from tests.support.moto_server import CANONICAL
 
 pytestmark = [pytest.mark.rehearsal, pytest.mark.root]
 IMAGE = "scipion-desktop"
 HOME_REGION, COPY_REGION = "eu-west-1", "us-east-1"
-LOCK_HELD_S = 75  # longer than apt's default 60 s lock wait
+LOCK_HELD_S = 70  # after Ansible's first task: longer than apt's default 60 s lock wait
 # What the rehearsal changes from a real bake, and the test that covers each changed step instead. Repository
 # URLs and keys point at the signed local stand-ins (same package names and version shapes); nothing else.
 COVERED_ELSEWHERE = {
@@ -66,6 +68,20 @@ def host_fingerprint() -> dict[str, str]:
     return found
 
 
+def release_after_ansible_starts(root: Path, holder, lock: dict) -> None:
+    """Keep the apt locks until Ansible's first task has reached the build root (its temporary folder in
+    the login user's home) and LOCK_HELD_S more, then release them, as a first-boot upgrade would."""
+    deadline = time.monotonic() + 1800
+    while not (root / "home/ubuntu/.ansible").exists():
+        if time.monotonic() > deadline or holder.poll() is not None:
+            return
+        time.sleep(0.2)
+    lock["ansible_started"] = time.time()
+    time.sleep(LOCK_HELD_S)
+    processes.stop(holder)
+    lock["released"] = time.time()
+
+
 @pytest.fixture(scope="module")
 def rehearsal(
     tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo, turbovnc_apt_repo, virtualgl_apt_repo
@@ -91,7 +107,12 @@ def rehearsal(
     )
     before = host_fingerprint()
     timings = {}
-    with rootfs.disposable(work, rootfs_tarball) as root, rootfs.hold_apt_locks(root, LOCK_HELD_S) as holder:
+    with rootfs.disposable(work, rootfs_tarball) as root, rootfs.hold_apt_locks(root, 3600) as holder:
+        lock = {}
+        watcher = threading.Thread(
+            target=release_after_ansible_starts, args=(root, holder, lock), daemon=True
+        )
+        watcher.start()
         target = sshd_target.start(root, work / "sshd")
         try:
             env = {**os.environ, **moto_server.env(HOME_REGION)}
@@ -108,7 +129,7 @@ def rehearsal(
             timings["bake_s"] = time.monotonic() - started
         finally:
             target.stop()
-        lock_holder = holder.stdout.read() if holder.poll() is not None else "still holding"
+        watcher.join(5)
         records = sorted((work / "build").glob(f"{IMAGE}-*[0-9].json"))
         record = json.loads(records[-1].read_text()) if records else {}
         audit = hygiene.audit(root)
@@ -122,9 +143,11 @@ def rehearsal(
         )
         timings["second_run_s"] = time.monotonic() - started
         home = sorted(str(p.relative_to(root)) for p in (root / "home/ubuntu").rglob("*"))
+        dpkg_log = root / "var/log/dpkg.log"
         yield {
             "bake": bake, "record": record, "audit": audit, "again": again, "root_log": target.log(),
-            "root": root, "lock_holder": lock_holder, "home": home,
+            "root": root, "lock": lock, "home": home,
+            "dpkg_log": dpkg_log.read_text() if dpkg_log.exists() else "",
         }  # fmt: skip
     timings["total_s"] = sum(timings.values())
     print(f"\nrehearsal timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
@@ -203,10 +226,21 @@ def _moto_client_args(moto_server) -> dict:
 
 
 def test_bake_waited_for_the_apt_locks(rehearsal):
-    """The locks were still held when Packer's Ansible began (a 75 s hold; moto and SSH take seconds), and the
-    bake passed: every apt task waits (site.yml's lock_timeout) instead of failing after apt's 60 s."""
+    """apt's and dpkg's locks were held from before Packer connected until 70 s after Ansible's first task,
+    the bake's first package change came only after their release, and the bake passed: every apt task
+    waits (site.yml's lock_timeout) instead of failing after apt's default 60 s."""
     assert rehearsal["bake"].returncode == 0, rehearsal["bake"].stdout[-3000:]
-    assert rehearsal["lock_holder"].strip() == "released", rehearsal["lock_holder"]
+    lock = rehearsal["lock"]
+    assert "ansible_started" in lock and "released" in lock, lock
+    assert lock["released"] - lock["ansible_started"] >= LOCK_HELD_S
+    changes = [
+        calendar.timegm(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+        for line in rehearsal["dpkg_log"].splitlines()
+        if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)
+    ]
+    during_bake = [t for t in changes if t >= lock["ansible_started"] - 1]
+    assert during_bake, "dpkg recorded no package change during the bake"
+    assert min(during_bake) >= int(lock["released"]) - 1, (min(during_bake), lock)
 
 
 def test_desktop_enabled_not_started_and_gpu_access_decided(rehearsal):
