@@ -414,3 +414,4 @@ def hold_apt_locks(root: Path, seconds: float) -> Iterator[subprocess.Popen]:
         from tests.support import processes
 
         processes.stop(holder)
+        holder.stdout.close()  # type: ignore[union-attr]
