@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.rehearsal, pytest.mark.root, pytest.mark.timeout(2700)
 IMAGE = "scipion-desktop"
 HOME_REGION, COPY_REGION = "eu-west-1", "us-east-1"
 LOCK_HELD_S = 70  # after Ansible's first task: longer than apt's default 60 s lock wait
+SESSION_TRACES = (".vnc", ".Xauthority", ".ICEauthority", ".config/xfce4", ".dbus", "thumbnails")
 COMMON_ONLY = ("jq", "tmux", "htop", "unzip", "rsync")  # roles/common installs them; the base has none
 # What the rehearsal changes from a real bake, and the test that covers each changed step instead. Repository
 # URLs and keys point at the signed local stand-ins (same package names and version shapes); nothing else.
@@ -251,11 +252,7 @@ def test_desktop_enabled_not_started_and_gpu_access_decided(rehearsal):
         assert os.readlink(wants / f"{unit}.service") == f"/etc/systemd/system/{unit}.service", unit
     # nothing of a desktop session in the desktop user's home (~/.cache is left by the scipion role's pip
     # and matplotlib runs as this user: not a session's, reported separately)
-    session_traces = [
-        p
-        for p in rehearsal["home"]
-        if any(t in p for t in (".vnc", ".Xauthority", ".ICEauthority", ".config/xfce4", ".dbus", "thumbnails"))
-    ]
+    session_traces = [p for p in rehearsal["home"] if any(t in p for t in SESSION_TRACES)]
     assert session_traces == [], session_traces
     # vglserver_config ran: the GPU devices go to vglusers, and vglusers holds exactly who needs the GPU
     conf = (root / "etc/modprobe.d/virtualgl.conf").read_text()
