@@ -33,7 +33,8 @@ def resolve(python_spec: str, tmp_path: Path, *pip_args: str) -> tuple[subproces
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("".join(f"{name}=={version}\n" for name, version in PINS.items()))
     report = tmp_path / "report.json"
-    argv = [str(python), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--report", str(report), "-r", str(requirements), *pip_args]  # fmt: skip
+    argv = [str(python), "-m", "pip", "install", "--dry-run", "--ignore-installed",
+            "--report", str(report), "-r", str(requirements), *pip_args]  # fmt: skip
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, check=False)
     return result, json.loads(report.read_text()) if report.exists() and result.returncode == 0 else {}

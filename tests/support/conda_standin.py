@@ -2,10 +2,11 @@
 
 conda-forge's installers and channels cannot be reached here. What the role relies on is the installer's
 interface and the few conda commands it calls, so this builds an installer with the real file name
-(`Miniforge3-<version>-Linux-x86_64.sh`) and the real interface, taken from the installer constructor writes
-(conda/constructor, constructor/header.sh): `bash <installer> -b -p PREFIX` installs in batch mode, an existing
-PREFIX is refused without `-u` ("ERROR: File or directory already exists"), `-h` prints the usage; the prefix
-then holds `bin/conda`, `condabin/conda`, `etc/profile.d/conda.sh` and `conda-meta/history`.
+(`Miniforge3-<version>-Linux-x86_64.sh`) and the real interface, taken from the header that conda/constructor
+writes into every such installer (constructor/header.sh): `bash <installer> -b -p PREFIX` installs in batch
+mode, an existing PREFIX is refused without `-u` ("ERROR: File or directory already exists"), `-h` prints
+the usage; the prefix then holds `bin/conda`, `condabin/conda`, `etc/profile.d/conda.sh` and
+`conda-meta/history`.
 
 Its `conda` answers the commands the role and scipion-installer use:
     conda --version                          "conda <version>"
@@ -93,7 +94,8 @@ def _relocatable_python(source: Path, dest: Path) -> str:
 
     def ignore(folder: str, names: list[str]) -> list[str]:
         # no tests, static library or objects; no .pth this machine's sandbox added to pyenv's site-packages
-        return [n for n in names if n in SKIP_DIRS or n.endswith((".a", ".o", ".pth")) or n.startswith("config-")]
+        unwanted = (".a", ".o", ".pth")
+        return [n for n in names if n in SKIP_DIRS or n.endswith(unwanted) or n.startswith("config-")]
 
     shutil.copytree(source, dest, symlinks=True, ignore=ignore)
     lib = dest / "lib"
@@ -166,8 +168,8 @@ EOF
         exit 0 ;;
       esac
     done
-    printf 'PackagesNotFoundError: The following packages are not available from current channels:\n\n  - python=%s\n' \
-      "$spec" >&2
+    echo "PackagesNotFoundError: The following packages are not available from current channels:" >&2
+    printf '\n  - python=%s\n' "$spec" >&2
     exit 1 ;;
   *) refuse "$@" ;;
 esac
@@ -213,7 +215,9 @@ __PAYLOAD__
 """
 
 
-def build(dest: Path, python_versions: Iterable[str] = ("3.10",), version: str | None = None) -> CondaInstaller:
+def build(
+    dest: Path, python_versions: Iterable[str] = ("3.10",), version: str | None = None
+) -> CondaInstaller:
     """Build the stand-in installer in dest (a folder); python_versions: conda-style specs to bundle."""
     version = version or role_conda_version()
     dest.mkdir(parents=True, exist_ok=True)
@@ -250,7 +254,7 @@ def build(dest: Path, python_versions: Iterable[str] = ("3.10",), version: str |
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+    def log_message(self, format, *args):
         pass
 
 
