@@ -45,6 +45,8 @@ PYENV = Path.home() / ".pyenv" / "versions"
 # The C library family every Linux system has; everything else an interpreter links goes into PREFIX/lib.
 SYSTEM_LIBS = ("libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "libutil.so", "ld-linux",
                "linux-vdso", "libresolv.so", "libcrypt.so")  # fmt: skip
+# conda-build's placeholder for the build prefix (constructor's install.py: prefix_placeholder)
+PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"
 SKIP_DIRS = {"test", "tests", "idlelib", "__pycache__", "turtledemo", "lib2to3"}
 
 
@@ -100,6 +102,17 @@ def _relocatable_python(source: Path, dest: Path) -> str:
     shutil.copytree(source, dest, symlinks=True, ignore=ignore)
     lib = dest / "lib"
     elves = [p for p in dest.rglob("*") if p.is_file() and not p.is_symlink() and _elf(p)]
+    # conda packages carry their build prefix in text files (sysconfig data, script shebangs) as a
+    # placeholder listed in info/has_prefix, and conda writes the environment's prefix there on install
+    has_prefix = []
+    for path in dest.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path not in elves:
+            data = path.read_bytes()
+            if str(source).encode() in data:
+                path.write_bytes(data.replace(str(source).encode(), PLACEHOLDER.encode()))
+                has_prefix.append(str(path.relative_to(dest)))
+    (dest / "info").mkdir()
+    (dest / "info/has_prefix").write_text("".join(f"{p}\n" for p in sorted(has_prefix)))
     for elf in elves:
         for needed in _needed_libs(elf):
             if not str(needed).startswith(str(source)) and not (lib / needed.name).exists():
@@ -161,6 +174,10 @@ EOF
         [ -e "$target" ] && { echo "CondaValueError: prefix already exists: $target" >&2; exit 1; }
         mkdir -p "$(dirname "$target")"
         cp -a "$build" "$target"
+        while IFS= read -r file; do
+          sed -i "s|__PLACEHOLDER__|$target|g" "$target/$file"
+        done < "$build/info/has_prefix"
+        rm -rf "$target/info"
         mkdir -p "$target/conda-meta"
         echo "==> $(date '+%Y-%m-%d %H:%M:%S') <==" > "$target/conda-meta/history"
         echo "# cmd: conda create --prefix $target python=$spec" >> "$target/conda-meta/history"
@@ -232,7 +249,8 @@ def build(
     for folder in ("bin", "condabin", "etc/profile.d", "conda-meta", "envs"):
         (tree / folder).mkdir(parents=True, exist_ok=True)
     conda = tree / "bin/conda"
-    conda.write_text(CONDA_SCRIPT.replace("__VERSION__", version.split("-")[0]))
+    script = CONDA_SCRIPT.replace("__VERSION__", version.split("-")[0])
+    conda.write_text(script.replace("__PLACEHOLDER__", PLACEHOLDER))
     conda.chmod(0o755)
     (tree / "condabin/conda").symlink_to("../bin/conda")
     (tree / "etc/profile.d/conda.sh").write_text('eval "$("$(dirname "${BASH_SOURCE[0]}")/../../bin/conda" '
