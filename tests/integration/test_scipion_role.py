@@ -127,9 +127,14 @@ TARGETS = [t for p in PLUGINS for t in p["binaries"]]
 FAKE_FLATPAK = "/usr/local/bin/flatpak"
 
 
+# tasks/binaries.yml's PATH (scipion_installb_path), not this machine's
+INSTALLB_PATH = "/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def installb(root: Path, *args: str) -> subprocess.CompletedProcess:
     """The role's wrapper, as the role runs it (the Scipion user, Scipion's Python, from /opt/scipion)."""
-    script = f"cd /opt/scipion && {PYTHON} {INSTALLB} /opt/scipion/scipion3 {shlex.join(args)}"
+    wrapper = f"{PYTHON} {INSTALLB} /opt/scipion/scipion3 {shlex.join(args)}"
+    script = f"cd /opt/scipion && PATH={INSTALLB_PATH} {wrapper}"
     return rootfs.run_in_root(root, "runuser", "-u", "ubuntu", "--", "sh", "-c", script, timeout=400)
 
 
@@ -160,7 +165,8 @@ def test_conda_plugins_get_the_roles_conda(scipion_root):
     # what RELION 5, EMAN2, Gctf and Gautomatch prefix their conda commands with, read by their own code
     code = "import relion, eman2, gctf, gautomatch; print(gctf.Plugin.getCondaActivationCmd())"
     result = as_user(root, SCIPION, "python", "-c", code)
-    assert activation in result.stdout.splitlines(), result.stdout + result.stderr
+    # pwem's getCondaActivationCmd() appends "&&" so that the plugins chain their conda commands
+    assert activation + "&&" in result.stdout.splitlines(), result.stdout + result.stderr
     works = as_user(root, "bash", "-c", f"{activation} && conda activate base && conda --version")
     assert works.returncode == 0 and works.stdout.startswith("conda "), works.stderr
 
@@ -190,6 +196,32 @@ def test_a_missing_program_fails_the_install_instead_of_skipping_it(scipion_root
     assert "Cannot find necessary program: csh" in result.stderr
     assert "ERROR: Could not find target spider" in result.stderr
     assert "csh" in DEFAULTS["scipion_binary_build_packages"]
+
+
+def binaries_play(root: Path, plugins: list[dict]) -> rootfs.PlaybookResult:
+    return rootfs.run_playbook(
+        root,
+        REPO / "tests/roles/scipion-binaries.yml",
+        extra_vars={"scipion_plugins": plugins, "scipion_plugin_binaries_jobs": 1},
+        env={"ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=600,
+    )
+
+
+def test_the_roles_binary_tasks_fail_on_a_wrong_target_and_on_a_skipped_install(scipion_root):
+    """tasks/binaries.yml as a bake runs it: a target no plugin defines stops the role before anything is
+    built; a target whose plugin refuses (spider without csh) fails the install task instead of exit 0."""
+    root, _, _ = scipion_root
+    xmipp = next(p for p in PLUGINS if p["name"] == "scipion-em-xmipp")
+    wrong = binaries_play(root, [{**xmipp, "binaries": ["xmipp"]}])
+    assert wrong.rc != 0
+    assert any(t.startswith("scipion : Check every configured binary target") for t in wrong.failed_tasks)
+    assert "targets not defined by any installed plugin: xmipp" in wrong.stdout
+    spider = next(p for p in PLUGINS if p["name"] == "scipion-em-spider")
+    skipped = binaries_play(root, [spider])
+    assert skipped.rc != 0
+    assert any(t.startswith("scipion : Install each plugin's binaries") for t in skipped.failed_tasks)
+    assert "Cannot find necessary program: csh" in skipped.stdout
 
 
 def test_an_interactive_plugin_fails_loudly_and_never_hangs(scipion_root):
