@@ -178,7 +178,8 @@ def test_every_configured_binary_target_is_a_real_plugin_target(scipion_root):
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr
     assert "targets found: " + ", ".join(TARGETS) in checked.stdout
     # the name the role used to configure: scipion3 itself says "Could not find target xmipp" and exits 0
-    plain = as_user(root, "sh", "-c", "cd /opt/scipion && ./scipion3 installb xmipp </dev/null")
+    script = f"cd /opt/scipion && PATH={INSTALLB_PATH} ./scipion3 installb xmipp </dev/null"
+    plain = as_user(root, "sh", "-c", script)
     assert plain.returncode == 0 and "ERROR: Could not find target xmipp" in plain.stdout
     wrong = installb(root, "--timeout", "300", "xmipp")
     assert wrong.returncode == 1
