@@ -12,6 +12,7 @@ IMAGE   ?= scipion-desktop
 REGION  ?=
 COPY_TO ?=
 HOSTS   ?=
+VARS    ?=
 PYTEST_ARGS ?=
 comma := ,
 
@@ -26,7 +27,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-setup: $(STAMP) ## Make .venv and install the project with its test extras (idempotent)
+setup: $(STAMP) ## Make .venv (project + test extras), .venv-scipion (pyworkflow) and .venv-pcluster (idempotent)
+	$(PY) -m tests.support.cluster_venvs
 
 deps: ## Install the Debian packages the tests use (apt-get; only what is missing)
 	@tools/apt-deps tools/apt-packages.txt
@@ -61,9 +63,9 @@ validate: setup ## Validate every image definition offline (packer validate, ans
 rehearse: deps setup ## Rehearse the whole bake offline (moto, debootstrap root filesystem, Packer, Ansible)
 	$(VENV)/bin/pytest -m rehearsal tests/rehearsal $(PYTEST_ARGS)
 
-provision: setup ## Apply the roles to existing machines: make provision HOSTS=a,b [IMAGE=...]
+provision: setup ## Apply the roles to existing machines: make provision HOSTS=a,b [IMAGE=...] [VARS=file.yml]
 	@test -n "$(HOSTS)" || { echo "usage: make provision HOSTS=host1,host2 [IMAGE=scipion-desktop]"; exit 2; }
-	$(VENV)/bin/scipioncloud provision $(subst $(comma), ,$(HOSTS)) --image $(IMAGE)
+	$(VENV)/bin/scipioncloud provision $(subst $(comma), ,$(HOSTS)) --image $(IMAGE) $(foreach v,$(VARS),--vars-file $(v))
 
 clean: ## Remove the virtualenv, build outputs and caches
-	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-scipion .venv-pcluster build .pytest_cache .ruff_cache *.egg-info

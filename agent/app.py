@@ -20,6 +20,8 @@ CAPABILITIES = (
     "agent.idle",
     "agent.volumes",
     "agent.desktop",
+    "agent.usage",
+    "agent.data",
     "agent.metrics",
 )
 

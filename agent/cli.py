@@ -11,8 +11,28 @@ from agent import __version__
 from agent.config import ConfigError, load
 from agent.token import TokenError
 
+log = logging.getLogger("agent")
 
-@click.group()
+
+class Commands(click.Group):
+    """No traceback ever reaches the terminal: an unexpected error is one line (the traceback goes to the
+    log at debug level, shown with -v)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            from agent.shell import CommandError
+
+            log.debug("%s failed", ctx.invoked_subcommand, exc_info=True)
+            if isinstance(exc, CommandError):
+                raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@click.group(cls=Commands)
 @click.version_option(__version__)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
@@ -80,9 +100,9 @@ def prewarm(
     import signal
     import time
 
-    from agent import blockdev
     from agent.errors import ApiError
-    from agent.prewarm import ACTIVE, PrewarmManager
+    from agent.volumes import blockdev
+    from agent.volumes.prewarm import ACTIVE, PrewarmManager
 
     storage = _storage_for(config_path, include_loop)
     if rate_mb_s is not None:
@@ -161,12 +181,15 @@ def mount(
     """Mount DEVICE at MOUNTPOINT and add its fstab line (formatting only a blank device, on request)."""
     import json
 
-    from agent import mounts
     from agent.errors import ApiError
+    from agent.volumes import mounts
 
     storage = _storage_for(config_path, include_loop)
+    owner = load_or_exit(config_path).desktop.user
     try:
-        result = mounts.mount(storage, device, mountpoint, fstype=fstype, format=format_, label=label)
+        result = mounts.mount(
+            storage, device, mountpoint, fstype=fstype, format=format_, label=label, owner=owner
+        )
     except ApiError as exc:
         _api_error_exit(exc)
     if as_json:

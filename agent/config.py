@@ -26,6 +26,10 @@ class ServerConfig:
     token_file: Path = Path("/etc/scipioncloud/agent.token")
     threads: int = 8
     max_body_bytes: int = 64 * 1024
+    # Open connections waitress accepts (its default, 100, lets 100 idle or slow clients lock everyone
+    # out); each costs one file descriptor and no thread until its request is complete.
+    connection_limit: int = 2000
+    channel_timeout_s: int = 30  # an idle or trickling connection is closed after this long
 
 
 @dataclass(frozen=True)
@@ -49,21 +53,56 @@ class StorageConfig:
     include_loop: bool = False
     prewarm_auto: bool = True
     prewarm_rate_mb_s: float | None = None
+    prewarm_used_only: bool = (
+        True  # ext4/xfs: read only the blocks the filesystem uses (agent.volumes.prewarm_ranges)
+    )
     # Mountpoints whose devices (and every device they sit on) are "root": never formatted, mounted,
     # unmounted or read by the agent. "/" always counts; list more here (e.g. "/boot/efi").
     protected_mounts: tuple[str, ...] = ("/",)
     aws_timeout_s: float = 2.0  # DescribeVolumeStatus: one short try, then report "unavailable"
+    # Format an EBS volume whose origin AWS could not confirm (no ec2:DescribeVolumes), relying on the zero
+    # samples alone. Off: such a volume is refused, since one restored from a snapshot may read zeros.
+    format_unverified_ebs: bool = False
 
 
 @dataclass(frozen=True)
 class IdleConfig:
-    gpu_util_pct: float = 5
-    cpu_pct: float = 10
-    window_min: float = 30
+    gpu_util_pct: float = 5.0  # floats: a fraction of a minute must not be cut to 0 when read
+    cpu_pct: float = 10.0
+    window_min: float = 30.0
     action: str = "none"
-    grace_min: float = 10
+    grace_min: float = 10.0
     check_interval_s: float = 10.0  # how often the idle rule looks; a 30-min window needs no more
     poweroff_command: str = "systemctl poweroff"  # run (split like a shell) after window + grace idle
+    hibernate_command: str = "systemctl hibernate"  # action "hibernate", when /sys/power/state offers disk
+    power_state_file: Path = Path("/sys/power/state")
+    postpone_min: float = 60.0  # "keep running" postpones the action by this much
+    input_idle_min: float = 10.0  # an SSH terminal or the desktop with input this recent is in use
+    # Scipion projects: every folder holding project.sqlite under these (ScipionUserData/projects)
+    project_dirs: tuple[str, ...] = ("/home/ubuntu/ScipionUserData/projects",)
+    utmp_file: Path = Path("/run/utmp")  # who is logged in, as `w` reads it
+    xauthority: Path = Path("~/.Xauthority")  # "~": the desktop user's home
+    session_bus: str = ""  # the desktop session's D-Bus; "" = unix:path=/run/user/UID/bus of the desktop user
+    notify_command: str = "notify-send"  # libnotify's client, run in the session for the warning
+    # Each signal can be turned off (then it is not consulted at all).
+    watch_gpu: bool = True
+    watch_cpu: bool = True
+    watch_scipion: bool = True
+    watch_slurm: bool = True
+    watch_inflight: bool = True
+    watch_ssh: bool = True
+    watch_desktop_input: bool = True
+    watch_vnc_viewers: bool = False  # a connected viewer alone (no input) does not keep the machine on
+    slurm_node: str = ""  # "" = this host's short name
+    slurm_conf: str = ""  # "" = $SLURM_CONF or /etc/slurm/slurm.conf; without one, Slurm is not watched
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    interval_s: float = 15.0  # how often usage is sampled and attributed
+    price_per_hour: float | None = None  # the instance's price; None = the price table, by IMDS type
+    prices_file: str = ""  # "" = the price table shipped with the CLI (scipioncloud/data/prices.json)
+    volume_type: str = "gp3"  # EBS type assumed for attached volumes when AWS does not say
 
 
 @dataclass(frozen=True)
@@ -90,13 +129,26 @@ class DesktopConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Movies (agent.data): archive policies, S3 prefixes followed into Scipion's import folders."""
+
+    policy_file: Path = Path("/etc/scipioncloud/data-policy.toml")
+    # "s3://BUCKET/PREFIX=/data/movies/incoming": new movies under the prefix land in that folder
+    follow: tuple[str, ...] = ()
+    interval_s: float = 30.0
+    auto_archive: bool = False  # archive by policy on every look (otherwise on request)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     host: HostConfig = field(default_factory=HostConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     idle: IdleConfig = field(default_factory=IdleConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
     desktop: DesktopConfig = field(default_factory=DesktopConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     @property
     def bind_host(self) -> str:
@@ -108,7 +160,7 @@ class Config:
 
 
 CHOICES = {
-    ("idle", "action"): ("none", "poweroff"),
+    ("idle", "action"): ("none", "poweroff", "stop", "hibernate"),
     ("desktop", "vnc"): ("turbovnc", "tigervnc"),
     ("desktop", "manager"): ("auto", "systemd", "agent"),
 }
@@ -133,6 +185,10 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         return Path(value)
     if isinstance(default, tuple):
+        if (section, key) == ("data", "follow"):
+            if not isinstance(value, list) or not all(isinstance(v, str) and "=/" in v for v in value):
+                raise ConfigError(f'{where}: expected a list of "s3://BUCKET/PREFIX=/folder", got {value!r}')
+            return tuple(value)
         if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("/") for v in value):
             raise ConfigError(f"{where}: expected a list of absolute paths, got {value!r}")
         return tuple(value)

@@ -34,6 +34,8 @@ def json_body() -> dict[str, Any]:
         body = request.get_json(force=True)
     except BadRequest:
         raise ApiError(400, "request body is not valid JSON") from None
+    except RecursionError:  # json's C decoder gives up on deep nesting ([[[[...]]]] 30,000 deep)
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body

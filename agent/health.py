@@ -10,9 +10,19 @@ from agent.security import public
 
 bp = Blueprint("health", __name__)
 
+ALIVE = {
+    "type": "object",
+    "required": ["status", "version"],
+    "properties": {"status": {"type": "string", "enum": ["ok"]}, "version": {"type": "string"}},
+}
+DOCUMENT = {
+    "type": "object",
+    "required": ["openapi", "info", "paths"],
+    "properties": {"openapi": {"type": "string"}, "info": {"type": "object"}, "paths": {"type": "object"}},
+}
 OPENAPI = {
-    "/healthz": {"get": operation("Liveness; needs no token", public=True, _200="alive")},
-    "/openapi.json": {"get": operation("This OpenAPI 3 document", _200="the document", _401="no token")},
+    "/healthz": {"get": operation("Liveness; needs no token", public=True, schema=ALIVE, _200="alive")},
+    "/openapi.json": {"get": operation("This OpenAPI 3 document", schema=DOCUMENT, _200="the document")},
 }
 
 

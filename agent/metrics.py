@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent import gpus, host, idle, nvml, volumes
+from agent import gpus, host, idle, nvml, usage, volumes
 from agent.config import Config
 from agent.openapi import operation
 
@@ -154,7 +154,10 @@ def collect_idle(app: Flask) -> tuple[Iterator[Metric], bool]:
     busy = gauge("idle_signal_busy", "1 when this idle signal says busy", ["signal"])
     for signal in state["signals"]:
         busy.add_metric([signal["name"]], 1.0 if signal["busy"] else 0.0)
-    return iter([idle_gauge, quiet, busy]), True
+    decision = gauge("idle_decision", "1 for the idle rule's current decision", ["decision"])
+    for name in (idle.STAY, idle.WARN, idle.STOP):
+        decision.add_metric([name], 1.0 if state["decision"]["decision"] == name else 0.0)
+    return iter([idle_gauge, quiet, busy, decision]), True
 
 
 COLLECTORS: dict[str, Callable[[Flask], tuple[Iterator[Metric], bool]]] = {
@@ -162,6 +165,7 @@ COLLECTORS: dict[str, Callable[[Flask], tuple[Iterator[Metric], bool]]] = {
     "host": collect_host,
     "idle": collect_idle,
     "prewarm": volumes.collect_metrics,
+    "usage": usage.collect_metrics,
 }
 
 

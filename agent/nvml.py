@@ -34,6 +34,7 @@ LIBRARY_NOT_FOUND_CODE, FUNCTION_NOT_FOUND, GPU_IS_LOST, RESET_REQUIRED, LIB_RM_
 XID_CRITICAL_EVENT = 0x8  # nvmlEventTypeXidCriticalError
 
 # Values some drivers hand back for "no data" instead of an error.
+NOT_FOUND = 6  # nvmlDeviceGetProcessUtilization: no process sample since the timestamp asked for
 _SENTINELS = {0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0x7FFFFFFFFFFFFFFF}
 
 
@@ -93,6 +94,7 @@ class Reader:
         self._ready = False
         self._event_sets: dict[str, Any] = {}  # uuid -> event set of that GPU's critical Xid events
         self.last_xid: dict[str, dict[str, Any]] = {}  # uuid -> {"xid": n, "time": epoch seconds}
+        self._util_seen: dict[str, int] = {}  # uuid -> newest per-process sample timestamp (us) read
 
     @property
     def lib(self) -> Any:
@@ -184,6 +186,7 @@ class Reader:
             "sm_clock_mhz": opt(lambda: lib.nvmlDeviceGetClockInfo(handle, lib.NVML_CLOCK_SM)),
             "memory_clock_mhz": opt(lambda: lib.nvmlDeviceGetClockInfo(handle, lib.NVML_CLOCK_MEM)),
             "processes": self._processes(handle),
+            "process_sm_util_pct": self._process_util(handle, uuid),
             "last_xid": self.last_xid.get(uuid),
         }
 
@@ -194,15 +197,40 @@ class Reader:
         if compute is None and graphics is None:
             return None
         seen: dict[int, dict[str, Any]] = {}
+        compute_pids = {proc.pid for proc in compute or []}
         for proc in [*(compute or []), *(graphics or [])]:
             used = getattr(proc, "usedGpuMemory", None)
             used = None if used in _SENTINELS else used
             entry = seen.get(proc.pid)
             if entry is None:
-                seen[proc.pid] = {"pid": proc.pid, **_process_owner(proc.pid), "memory_used_bytes": used}
+                seen[proc.pid] = {
+                    "pid": proc.pid,
+                    **_process_owner(proc.pid),
+                    "memory_used_bytes": used,
+                    "compute": proc.pid in compute_pids,  # graphics only (the desktop's X) is not work
+                }
             elif used is not None:  # a process with both contexts: count its memory once per context
                 entry["memory_used_bytes"] = (entry["memory_used_bytes"] or 0) + used
         return sorted(seen.values(), key=lambda p: p["pid"])
+
+    def _process_util(self, handle, uuid: str) -> dict[int, float] | None:
+        """Per-process SM utilisation (%) since the last sweep, averaged over NVML's samples; {} when no
+        process used the GPU since then, None when the driver cannot say."""
+        lib = self.lib
+        try:
+            samples = lib.nvmlDeviceGetProcessUtilization(handle, self._util_seen.get(uuid, 0))
+        except lib.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code == NOT_FOUND:
+                return {}
+            if code in (GPU_IS_LOST, RESET_REQUIRED):
+                raise GpuLost(classify(exc)[1]) from exc
+            return None  # not supported (older boards, vGPU) or no permission
+        by_pid: dict[int, list[int]] = {}
+        for sample in samples:
+            by_pid.setdefault(sample.pid, []).append(sample.smUtil)
+            self._util_seen[uuid] = max(self._util_seen.get(uuid, 0), sample.timeStamp)
+        return {pid: sum(values) / len(values) for pid, values in by_pid.items()}
 
     def _poll_xid(self, handle, uuid: str) -> None:
         """Drain this GPU's critical Xid events without waiting; remember the last one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -15,14 +16,33 @@ def flask_rule_to_openapi(rule: str) -> str:
     return re.sub(r"<(?:[a-z]+:)?([a-zA-Z_]+)>", r"{\1}", rule)
 
 
-def operation(summary: str, *, public: bool = False, body: dict | None = None, **responses: str) -> dict:
-    """A short way to write one operation: responses as code='description'."""
+OBJECT = {"type": "object"}  # the 2xx schema of an operation that declares none of its own
+
+
+def operation(
+    summary: str,
+    *,
+    public: bool = False,
+    body: dict | None = None,
+    body_required: bool = False,
+    schema: dict | None = None,
+    schemas: dict[str, dict] | None = None,
+    **responses: str,
+) -> dict:
+    """A short way to write one operation: responses as code='description'; `schema` is the body of every
+    2xx answer (`schemas` per code when they differ). build() adds the statuses every route shares."""
+
+    def body_schema(code: int) -> dict:
+        if code >= 400:
+            return ERROR
+        return (schemas or {}).get(str(code)) or schema or OBJECT
+
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
             code.lstrip("_"): {
                 "description": text,
-                "content": {"application/json": {"schema": ERROR if int(code.lstrip("_")) >= 400 else {}}},
+                "content": {"application/json": {"schema": body_schema(int(code.lstrip("_")))}},
             }
             for code, text in (responses or {"_200": "OK"}).items()
         },
@@ -30,7 +50,29 @@ def operation(summary: str, *, public: bool = False, body: dict | None = None, *
     if public:
         op["security"] = []
     if body is not None:
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+# Answers any route may give, whatever it does: the Host check (agent/security.py), the token, and for a
+# route that reads a body, malformed JSON and a body over server.max_body_bytes.
+SHARED = {"403": "the Host header is not a loopback name (the agent listens on loopback)"}
+AUTHED = {"401": "no token, or a wrong one"}
+WITH_BODY = {
+    "400": "malformed JSON, a value of the wrong type, an unknown field",
+    "413": "body over server.max_body_bytes",
+}
+
+
+def _with_shared_statuses(op: dict) -> dict:
+    extra = dict(SHARED)
+    if op.get("security") != []:
+        extra.update(AUTHED)
+    if "requestBody" in op:
+        extra.update(WITH_BODY)
+    responses = op.setdefault("responses", {})
+    for code, text in extra.items():
+        responses.setdefault(code, {"description": text, "content": {"application/json": {"schema": ERROR}}})
     return op
 
 
@@ -39,7 +81,7 @@ def build(fragments: list[dict[str, dict]]) -> dict[str, Any]:
     for fragment in fragments:
         for path, ops in fragment.items():
             item = paths.setdefault(path, {})
-            item.update(ops)
+            item.update({method: _with_shared_statuses(copy.deepcopy(op)) for method, op in ops.items()})
             names = re.findall(r"{([a-zA-Z_]+)}", path)
             if names:
                 item["parameters"] = [
@@ -54,7 +96,10 @@ def build(fragments: list[dict[str, dict]]) -> dict[str, Any]:
                 "Error": {
                     "type": "object",
                     "required": ["error", "status"],
-                    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+                    "properties": {
+                        "error": {"type": "string"},
+                        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                    },
                 }
             },
         },

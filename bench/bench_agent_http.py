@@ -10,6 +10,7 @@ Run: `make bench` or `.venv/bin/python bench/bench_agent_http.py [--duration 10]
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -82,10 +83,18 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
-def load(url: str, token: str | None, duration: int) -> dict[str, float]:
+def header_script(folder: Path, token: str) -> Path:
+    """A wrk Lua script (mode 0600) that sends the token: on wrk's command line, every user could read it."""
+    path = folder / "auth.lua"
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as script:
+        script.write(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
+    return path
+
+
+def load(url: str, script: Path | None, duration: int) -> dict[str, float]:
     command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "10s"]
-    if token:
-        command += ["-H", f"Authorization: Bearer {token}"]
+    if script:
+        command += ["-s", str(script)]
     subprocess.run([*command[:3], "-d2s", *command[4:], url], capture_output=True, check=True)  # warm-up
     result = subprocess.run([*command, url], capture_output=True, text=True, check=True)
     return parse_wrk(result.stdout)
@@ -142,7 +151,7 @@ def main() -> int:
         node = None
         try:
             wait_for(f"http://127.0.0.1:{port}/healthz", {}, agent, "the agent")
-            token = (tmp / "agent.token").read_text().strip()
+            auth = header_script(tmp, (tmp / "agent.token").read_text().strip())
             time.sleep(2)  # let start-up work (imports, first samples) settle
             cpu = idle_cpu(agent.pid, args.idle_seconds)
             rss_idle = psutil.Process(agent.pid).memory_info().rss
@@ -155,8 +164,8 @@ def main() -> int:
             wait_for(f"http://127.0.0.1:{node_port}/metrics", {}, node, "node_exporter")
 
             results = {
-                "agent /metrics": load(f"http://127.0.0.1:{port}/metrics", token, args.duration),
-                "agent /v1/gpus": load(f"http://127.0.0.1:{port}/v1/gpus", token, args.duration),
+                "agent /metrics": load(f"http://127.0.0.1:{port}/metrics", auth, args.duration),
+                "agent /v1/gpus": load(f"http://127.0.0.1:{port}/v1/gpus", auth, args.duration),
                 "node_exporter /metrics": load(f"http://127.0.0.1:{node_port}/metrics", None, args.duration),
             }
             rss_peak = peak_rss(agent.pid)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import blockdev, prewarm
 from agent.config import StorageConfig
+from agent.volumes import blockdev, prewarm
 
 BLKIO = Path("/sys/fs/cgroup/blkio")
 EBS_BPS = 125_000_000  # gp3 baseline throughput, MB/s as AWS counts them

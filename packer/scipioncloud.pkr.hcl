@@ -1,5 +1,6 @@
-# The bake: an Ubuntu LTS base from Canonical, the roles of roles/site.yml with the image's vars, a reboot
-# when the driver install asks for one, the in-image verification, sysprep last, then the AMI (copied and
+# The bake: an Ubuntu LTS base from Canonical (for cluster images ParallelCluster's official AMI, through
+# base_ami_name/base_ami_owner), the roles of roles/site.yml with the image's vars, a reboot when the driver
+# install asks for one, the in-image verification, sysprep last, then the AMI (copied and
 # shared as asked, tagged with its provenance) and the manifest.
 
 locals {
@@ -35,11 +36,11 @@ source "amazon-ebs" "ubuntu" {
 
   source_ami_filter {
     filters = {
-      name                = "ubuntu/images/hvm-ssd*/ubuntu-${local.ubuntu_codename}-${var.ubuntu_version}-amd64-server-*"
+      name                = var.base_ami_name != "" ? var.base_ami_name : "ubuntu/images/hvm-ssd*/ubuntu-${local.ubuntu_codename}-${var.ubuntu_version}-amd64-server-*"
       root-device-type    = "ebs"
       virtualization-type = "hvm"
     }
-    owners      = ["099720109477"] # Canonical
+    owners      = [var.base_ami_owner] # Canonical by default
     most_recent = true
   }
 
@@ -76,6 +77,7 @@ build {
 
   provisioner "ansible" {
     playbook_file    = "${path.root}/../roles/site.yml"
+    command          = var.ansible_playbook
     user             = "ubuntu"
     use_proxy        = false
     ansible_env_vars = local.ansible_env
@@ -103,6 +105,7 @@ build {
   # Last: nothing may run on the machine after sysprep.
   provisioner "ansible" {
     playbook_file    = "${path.root}/../roles/sysprep.yml"
+    command          = var.ansible_playbook
     user             = "ubuntu"
     use_proxy        = false
     ansible_env_vars = local.ansible_env

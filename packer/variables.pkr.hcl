@@ -40,6 +40,18 @@ variable "ubuntu_version" {
   }
 }
 
+variable "base_ami_name" {
+  type        = string
+  description = "Base AMI name pattern; empty: Canonical's Ubuntu for ubuntu_version. Cluster images use ParallelCluster's official AMI (docs/cluster.md)."
+  default     = ""
+}
+
+variable "base_ami_owner" {
+  type        = string
+  description = "Owner of the base AMI: 099720109477 (Canonical), or amazon for ParallelCluster's official AMIs."
+  default     = "099720109477"
+}
+
 variable "region" {
   type        = string
   description = "Region the build instance runs in and the AMI is made in."
@@ -90,6 +102,12 @@ variable "verify_gpu" {
   type        = bool
   description = "The in-image verification requires a working NVIDIA driver (nvidia-smi)."
   default     = true
+}
+
+variable "ansible_playbook" {
+  type        = string
+  description = "The ansible-playbook the provisioners run (the driver passes the one installed with ScipionCloud)."
+  default     = "ansible-playbook"
 }
 
 variable "ansible_overrides_file" {

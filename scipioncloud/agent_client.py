@@ -68,6 +68,11 @@ class AgentClient:
                 result[name] = {"unavailable": f"{path} answered {status}"}
         return result
 
+    def post(self, path: str, body: dict | None = None) -> Any:
+        status, answer = self.request("POST", path, body)
+        self._raise_for(status, answer, path)
+        return answer
+
     def mount(self, volume: str, mountpoint: str, fstype: str = "ext4", format_: str = "if-blank") -> Any:
         """Ask the agent to format (only if blank) and mount `volume` (EBS id or device name)."""
         path = f"/v1/volumes/{urllib.parse.quote(volume, safe='')}/mount"

@@ -4,7 +4,8 @@ Order of work, so that nothing costs money before every check passed: tools (pac
 AWS credentials and regions (STS GetCallerIdentity, EC2 DescribeRegions) -> a wheel of this repository for
 the agent role -> `packer init` (Packer >= 1.7) -> `packer validate` -> `packer build` (output streamed live
 and logged) -> IMDSv2-only on every AMI (boto3; Packer 1.6.6 has no imds_support) -> build/<image>-<time>.json
-and a summary table. Packer runs through packer-py (module `packerpy`).
+and a summary table. Packer runs through packer-py (module `packerpy`). This module is the Packer driver;
+the `bake` command (scipioncloud/commands/bake.py) is an ordinary command around it.
 """
 
 from __future__ import annotations
@@ -20,18 +21,24 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.table import Table
 
-from scipioncloud import versions
+from scipioncloud import instance_types, quotas, versions
+from scipioncloud.aws import Aws
+from scipioncloud.errors import OperationFailed
 
 MIN_PACKER = (1, 6, 6)
 INIT_PACKER = (1, 7, 0)  # first Packer with `packer init` and required_plugins
-console = Console(highlight=False)
+console = Console(highlight=False, stderr=True)  # Packer's live output; stdout keeps the result
+REHEARSE_HINT = (
+    "No AWS account yet? `make rehearse` bakes the same image offline against a local EC2 emulator "
+    "(about 5 minutes, 10 the first time while it builds its Ubuntu root filesystem)"
+)
 
 
-class BakeError(click.ClickException):
+class BakeError(OperationFailed):
     """A bake step failed; the message says what to do next."""
 
 
@@ -75,6 +82,12 @@ def find_image(repo: Path, name: str) -> Image:
     return Image(name, repo / "images" / f"{name}.pkrvars.hcl", ansible_vars)
 
 
+def image_setting(image: Image, name: str) -> str | None:
+    """A plain `name = "value"` of the image's var file (e.g. the build instance type)."""
+    match = re.search(rf'^\s*{name}\s*=\s*"([^"]*)"', image.packer_vars.read_text(), re.MULTILINE)
+    return match.group(1) if match else None
+
+
 def packer_path() -> str:
     path = shutil.which("packer")
     if not path:
@@ -92,14 +105,11 @@ def packer_version(packer: str) -> tuple[int, ...]:
     return tuple(int(x) for x in match.groups())
 
 
-def tool_env() -> dict[str, str]:
-    """Environment for Packer: this interpreter's bin folder first, so the ansible provisioner finds the
-    ansible-playbook installed with ScipionCloud."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "/usr/bin:/bin")
-    if path.split(":")[0] != bin_dir:
-        path = f"{bin_dir}:{path}"
-    return {**os.environ, "PATH": path}
+def ansible_playbook() -> str:
+    """The ansible-playbook installed with ScipionCloud (beside this interpreter), else the one on PATH.
+    Packer gets it as a variable: nothing here changes this process's PATH."""
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    return str(beside) if beside.exists() else (shutil.which("ansible-playbook") or "")
 
 
 def check_tools() -> tuple[str, tuple[int, ...]]:
@@ -107,29 +117,26 @@ def check_tools() -> tuple[str, tuple[int, ...]]:
     version = packer_version(packer)
     if version < MIN_PACKER:
         raise BakeError(f"Packer {'.'.join(map(str, version))} is too old: install Packer >= 1.6.6")
-    if not shutil.which("ansible-playbook", path=tool_env()["PATH"]):
+    if not ansible_playbook():
         raise BakeError(
             "ansible-playbook is not installed: run `make setup` (it installs Ansible into .venv)"
         )
     return packer, version
 
 
-def check_aws(region: str, copy_to: list[str]) -> str:
+def check_aws(aws: Aws, region: str, copy_to: list[str]) -> str:
     """Fail before anything costs money: credentials work and every region is enabled. Returns the account."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
     try:
-        account = boto3.client("sts", region_name=region).get_caller_identity()["Account"]
+        account = aws.client("sts", region).get_caller_identity()["Account"]
     except NoCredentialsError as e:
         raise BakeError(
             "no AWS credentials found: set AWS_PROFILE (or run `aws sso login`), or export "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, then run make ami again"
+            f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, then run make ami again. {REHEARSE_HINT}"
         ) from e
     except (BotoCoreError, ClientError) as e:
         raise BakeError(f"AWS rejected the credentials ({e}); check AWS_PROFILE or your keys") from e
     try:
-        regions = boto3.client("ec2", region_name=region).describe_regions()["Regions"]
+        regions = aws.ec2(region).describe_regions()["Regions"]
     except (BotoCoreError, ClientError) as e:
         raise BakeError(
             f"cannot list EC2 regions in {region} ({e}); the credentials need ec2:DescribeRegions"
@@ -247,7 +254,6 @@ def run_packer(packer: str, command: str, template: Path, log: Path, show: bool,
 
     output = PackerOutput(log, show)
     executable = PackerExecutable(packer, config={"stdout": output.write_fd, "stderr": output.write_fd})
-    os.environ["PATH"] = tool_env()["PATH"]  # packer-py takes no env: Packer inherits ours
     try:
         rc, _, _ = executable.execute_cmd(command, str(template), **kwargs)
     finally:
@@ -258,15 +264,12 @@ def run_packer(packer: str, command: str, template: Path, log: Path, show: bool,
     return output
 
 
-def set_imds_v2(amis: dict[str, str]) -> dict[str, str]:
+def set_imds_v2(aws: Aws, amis: dict[str, str]) -> dict[str, str]:
     """Require IMDSv2 on every AMI (instances launched from it get HttpTokens=required). Returns per region
     'v2.0' when the endpoint confirms it, else what happened."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
     state = {}
     for region, ami in amis.items():
-        ec2 = boto3.client("ec2", region_name=region)
+        ec2 = aws.ec2(region)
         try:
             ec2.modify_image_attribute(ImageId=ami, ImdsSupport={"Value": "v2.0"})
         except (BotoCoreError, ClientError) as e:
@@ -298,21 +301,24 @@ def validate_image(repo: Path, image: Image, packer: str, log: Path, overrides: 
     variables = {
         "ansible_vars_file": str(image.ansible_vars),
         "agent_wheel": str(repo / "build/dist/scipioncloud.whl"),  # validate does not open it
+        "ansible_playbook": ansible_playbook(),
         **overrides,
     }
     run_packer(packer, "validate", repo / "packer", log, False, **packer_args(image, variables))
     done = subprocess.run(
-        ["ansible-playbook", "--syntax-check", "-i", "localhost,", "-e", f"@{image.ansible_vars}",
+        [ansible_playbook(), "--syntax-check", "-i", "localhost,", "-e", f"@{image.ansible_vars}",
          str(repo / "roles/site.yml"), str(repo / "roles/sysprep.yml")],
-        capture_output=True, text=True, env=tool_env(), check=False,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise BakeError(f"ansible-playbook --syntax-check failed for {image.name}:\n{done.stderr.strip()}")
 
 
 def bake(
+    aws: Aws,
     repo: Path,
     image: Image,
+    *,
     region: str,
     copy_to: list[str],
     overrides: dict[str, object],
@@ -320,7 +326,10 @@ def bake(
     show: bool = True,
 ) -> BakeResult:
     packer, version = check_tools()
-    check_aws(region, copy_to)
+    check_aws(aws, region, copy_to)
+    build_type = str(overrides.get("instance_type") or image_setting(image, "instance_type") or "g4dn.xlarge")
+    described = instance_types.describe(aws.ec2(region), build_type)
+    quotas.require(aws, build_type, described.get("VCpuInfo", {}).get("DefaultVCpus", 0))
     build_time = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / f"{image.name}-{build_time}.packer.log"
@@ -335,6 +344,7 @@ def bake(
         "agent_wheel": str(build_wheel(repo, out_dir / "dist")),
         "component_versions": components,
         "manifest_path": str(manifest),
+        "ansible_playbook": ansible_playbook(),
         **overrides,
     }
     if version >= INIT_PACKER:
@@ -345,7 +355,7 @@ def bake(
     result = BakeResult(image.name, build_time, region, output.amis(), log=log)
     if region not in result.amis:
         raise BakeError(f"packer build finished without an AMI in {region}; full log: {log}")
-    result.imds = set_imds_v2(result.amis)
+    result.imds = set_imds_v2(aws, result.amis)
     entries = json.loads(manifest.read_text()).get("builds", []) if manifest.exists() else []
     record = {
         "image": image.name,
@@ -372,44 +382,3 @@ def parse_vars(pairs: tuple[str, ...]) -> dict[str, object]:
             raise BakeError(f"--var wants NAME=VALUE with a Packer variable name, got {pair!r}")
         parsed[key] = value
     return parsed
-
-
-@click.command("bake")
-@click.argument("image_name", required=False, default="scipion-desktop")
-@click.option("--region", default=None, help="Region to bake in (default: AWS_REGION, else eu-west-1).")
-@click.option("--copy-to", "copy_to", multiple=True, help="Also copy the AMI to this region (repeatable).")
-@click.option(
-    "--instance-type", default=None, help="Build instance type (default: the image's, g4dn.xlarge)."
-)
-@click.option("--var", "var_pairs", multiple=True, metavar="NAME=VALUE", help="Override a Packer variable.")
-@click.option(
-    "--validate-only", is_flag=True, help="Only validate, offline (packer validate, ansible syntax)."
-)
-@click.option("--all", "all_images", is_flag=True, help="With --validate-only: every image in images/.")
-@click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Output folder (build/)."
-)
-@click.option("--quiet", is_flag=True, help="Do not stream Packer's output (it is still logged).")
-def bake_command(
-    image_name, region, copy_to, instance_type, var_pairs, validate_only, all_images, out_dir, quiet
-):
-    """Bake IMAGE_NAME (default scipion-desktop) into an AMI with Packer and Ansible."""
-    repo = repo_root()
-    out_dir = (out_dir or repo / "build").resolve()
-    overrides = parse_vars(var_pairs)
-    if instance_type:
-        overrides["instance_type"] = instance_type
-    if validate_only:
-        packer, _ = check_tools()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        names = known_images(repo) if all_images else [image_name]
-        for name in names:
-            image = find_image(repo, name)
-            validate_image(repo, image, packer, out_dir / f"{name}-validate.log", overrides)
-            console.print(f"{name}: packer validate and ansible syntax check passed")
-        return
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "eu-west-1"
-    image = find_image(repo, image_name)
-    result = bake(repo, image, region, list(copy_to), overrides, out_dir, show=not quiet)
-    console.print(summary(result, versions.component_versions(repo, image.name)))
-    console.print(f"record: {result.record}\npacker log: {result.log}")

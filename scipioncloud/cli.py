@@ -1,15 +1,12 @@
-"""`scipioncloud`: the operator's command line. Each command group lives in its own module."""
+"""`scipioncloud`: the operator's command line. Each command module lists its commands in COMMANDS; this
+file only puts them on the group."""
 
 from __future__ import annotations
 
 import click
 
 from scipioncloud import __version__
-from scipioncloud.bake import bake_command
-from scipioncloud.commands import instances, provision
-from scipioncloud.commands.cost import cost
-from scipioncloud.commands.images import images
-from scipioncloud.commands.volumes import volumes
+from scipioncloud.commands import bake, cluster, cost, data, images, instances, provision, usage, volumes
 
 
 @click.group()
@@ -18,9 +15,10 @@ def main() -> None:
     """Bake ScipionCloud images and run cryo-EM workstations on AWS."""
 
 
-main.add_command(images)
-main.add_command(volumes)
-main.add_command(cost)
-instances.register(main)
-provision.register(main)
-main.add_command(bake_command)
+for module in (images, volumes, cost, instances, provision, bake, usage, cluster, data):
+    for cmd in module.COMMANDS:
+        main.add_command(cmd)
+
+
+if __name__ == "__main__":  # python -m scipioncloud.cli (tests run it as a process)
+    main()

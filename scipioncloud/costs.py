@@ -4,7 +4,10 @@ as numbers). Prices come from the shipped table (data/prices.json) or, when aske
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -13,6 +16,8 @@ from typing import Any
 from scipioncloud.errors import BadInput
 
 TABLE_PATH = Path(str(resources.files("scipioncloud") / "data" / "prices.json"))
+# `scipioncloud cost refresh` writes here; estimates use it when present (SCIPIONCLOUD_PRICE_TABLE wins).
+USER_TABLE = Path("~/.config/scipioncloud/prices.json")
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,16 @@ class PriceTable:
         return self.regions[name]
 
 
+def default_table_path() -> Path:
+    chosen = os.environ.get("SCIPIONCLOUD_PRICE_TABLE")
+    if chosen:
+        return Path(chosen)
+    user = USER_TABLE.expanduser()
+    return user if user.is_file() else TABLE_PATH
+
+
 def load_table(path: Path | None = None) -> PriceTable:
-    path = path or TABLE_PATH
+    path = path or default_table_path()
     data = json.loads(Path(path).read_text())
     regions = {}
     for name, r in data["regions"].items():
@@ -92,6 +105,7 @@ def _money(x: float) -> float:
 def estimate(
     prices: RegionPrices,
     instance_type: str,
+    *,
     hours: float,
     ebs_gb: float = 0,
     ebs_type: str = "gp3",
@@ -175,44 +189,87 @@ def _on_demand_usd(price_list: list[str]) -> float | None:
     return None
 
 
-def api_prices(session, region: str, instance_type: str, ebs_type: str) -> tuple[float, float]:
-    """(USD per hour, USD per GB-month) from the Pricing API; raises on any failure (callers fall back)."""
+def pricing_client(session):
     from botocore.config import Config
 
-    client = session.client(
+    return session.client(
         "pricing",
-        region_name="us-east-1",  # the Pricing API's own endpoint region
+        region_name="us-east-1",  # the Price List API's own endpoint region
         config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=5),
     )
 
-    def term(field: str, value: str) -> dict:
-        return {"Type": "TERM_MATCH", "Field": field, "Value": value}
 
-    hourly = _on_demand_usd(
-        client.get_products(
-            ServiceCode="AmazonEC2",
-            Filters=[
-                term("instanceType", instance_type),
-                term("regionCode", region),
-                term("operatingSystem", "Linux"),
-                term("tenancy", "Shared"),
-                term("preInstalledSw", "NA"),
-                term("capacitystatus", "Used"),
-            ],
-            MaxResults=10,
-        )["PriceList"]
-    )
-    storage = _on_demand_usd(
-        client.get_products(
-            ServiceCode="AmazonEC2",
-            Filters=[
-                term("productFamily", "Storage"),
-                term("volumeApiName", ebs_type),
-                term("regionCode", region),
-            ],
-            MaxResults=10,
-        )["PriceList"]
-    )
+def _term(field: str, value: str) -> dict:
+    return {"Type": "TERM_MATCH", "Field": field, "Value": value}
+
+
+def instance_filters(region: str, instance_type: str) -> list[dict]:
+    """Linux, shared tenancy, no pre-installed software, on-demand capacity: the list price."""
+    return [
+        _term("instanceType", instance_type),
+        _term("regionCode", region),
+        _term("operatingSystem", "Linux"),
+        _term("tenancy", "Shared"),
+        _term("preInstalledSw", "NA"),
+        _term("capacitystatus", "Used"),
+    ]
+
+
+def storage_filters(region: str, ebs_type: str) -> list[dict]:
+    return [_term("productFamily", "Storage"), _term("volumeApiName", ebs_type), _term("regionCode", region)]
+
+
+def _ask(client, filters: list[dict]) -> float | None:
+    answer = client.get_products(ServiceCode="AmazonEC2", Filters=filters, MaxResults=10)
+    return _on_demand_usd(answer["PriceList"])
+
+
+def api_prices(client, region: str, instance_type: str, ebs_type: str) -> tuple[float, float]:
+    """(USD per hour, USD per GB-month) from the Price List API; raises on any failure (callers fall
+    back or report it)."""
+    hourly = _ask(client, instance_filters(region, instance_type))
+    storage = _ask(client, storage_filters(region, ebs_type))
     if hourly is None or storage is None:
         raise LookupError(f"the Pricing API has no price for {instance_type}/{ebs_type} in {region}")
     return hourly, storage
+
+
+def region_prices(table: PriceTable, region: str, *, api_answered: bool) -> tuple[RegionPrices, str]:
+    """The table's row for `region`. When the region has no row but the API gave the instance and EBS
+    prices, the other figures (transfer tiers, S3) come from the us-east-1 row, and the note says so."""
+    if region in table.regions or not api_answered:
+        return table.region(region), ""
+    fallback = table.regions.get("us-east-1") or next(iter(table.regions.values()))
+    return dataclasses.replace(fallback, region=region), (
+        f"; transfer and S3 prices from the table's {fallback.region} row (no row for {region})"
+    )
+
+
+def refresh(client, table: PriceTable, regions: list[str] | None = None, on_row=None) -> dict[str, Any]:
+    """A new table: every instance type and EBS type of the given table, priced again from the Price List
+    API for each region (the table's regions by default); other figures are kept. Raises on the first
+    price the API cannot give, so a half-refreshed table is never written."""
+    raw = json.loads(Path(table.path).read_text())
+    template = raw["regions"].get("us-east-1") or next(iter(raw["regions"].values()))
+    for region in regions or list(raw["regions"]):
+        row = raw["regions"].setdefault(region, json.loads(json.dumps(template)))
+        for instance_type in sorted(row["instances_per_hour"]):
+            price = _ask(client, instance_filters(region, instance_type))
+            if price is None:
+                raise LookupError(
+                    f"the Price List API has no Linux on-demand price for {instance_type} in {region}"
+                )
+            row["instances_per_hour"][instance_type] = price
+            if on_row:
+                on_row(region, instance_type, price)
+        for ebs_type in sorted(row["ebs_per_gb_month"]):
+            price = _ask(client, storage_filters(region, ebs_type))
+            if price is None:
+                raise LookupError(f"the Price List API has no price for EBS {ebs_type} in {region}")
+            row["ebs_per_gb_month"][ebs_type] = price
+            if on_row:
+                on_row(region, ebs_type, price)
+    today = dt.date.today().isoformat()
+    raw["as_of"] = today
+    raw["sources"]["instances"] = raw["sources"]["ebs"] = f"AWS Price List API (pricing:GetProducts), {today}"
+    return raw

@@ -6,16 +6,33 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 
 
-class BadInput(Exception):
+class CliError(Exception):
+    """A failure the CLI reports in one line; `data` adds fields to the --json error document (e.g. the
+    id of an instance that exists although the command failed), so scripts need not parse the text."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, **data) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class BadInput(CliError):
     """Unknown image, region, instance, volume, type, or an impossible combination: exit status 2."""
 
     exit_code = 2
 
 
-class OperationFailed(Exception):
+class OperationFailed(CliError):
     """The request was sound but the work failed or was refused (AWS error, safety check): exit status 1."""
 
     exit_code = 1
+
+
+class Interrupted(CliError):
+    """Ctrl-C: what exists now and how to remove it is in the message; exit status 130, as a shell says."""
+
+    exit_code = 130
 
 
 # AWS error codes that mean "the thing you named does not exist": the operator's input, not our failure.

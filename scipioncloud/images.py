@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -60,8 +61,10 @@ def list_images(aws: Aws, regions: list[str] | None = None, image: str | None = 
     return [i for found in per_region for i in found]
 
 
-def resolve(aws: Aws, name_or_id: str, region: str | None = None) -> dict:
-    """An AMI id, or an image name (newest of our AMIs with that TAG_IMAGE, else with that AMI Name)."""
+def resolve(aws: Aws, name_or_id: str, region: str | None = None, owners: tuple[str, ...] = ()) -> dict:
+    """An AMI id, or an image name: the newest of our AMIs with that TAG_IMAGE, else with that AMI Name,
+    else the newest image shared with this account (by a facility: `owners`, or any account that granted
+    us launch permission) whose AMI name starts with NAME- (the bake's naming; tags do not cross accounts)."""
     region = region or aws.region_name
     ec2 = aws.ec2(region)
     if name_or_id.startswith("ami-"):
@@ -81,25 +84,46 @@ def resolve(aws: Aws, name_or_id: str, region: str | None = None) -> dict:
         by_name = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name_or_id]}])[
             "Images"
         ]
-        found = sorted(
-            (summarize(i, region) for i in by_name), key=lambda i: i["created"] or "", reverse=True
-        )
+        found = _newest(by_name, region)
+    if not found:
+        found = shared_with_us(ec2, region, name_or_id, owners)
+        if found:
+            # Tags (scipioncloud:gpu) stay in the facility's account: assume the image needs a GPU,
+            # which --allow-no-gpu can waive.
+            image = resolve(aws, found[0]["image_id"], region)
+            return image | {"needs_gpu": True, "image": image["image"] or name_or_id, "shared": True}
     if not found:
         raise BadInput(
-            f"unknown image {name_or_id!r} in {region}: no AMI of ours is tagged {TAG_IMAGE}={name_or_id}; "
-            "see `scipioncloud images list` or bake one with `make ami`"
+            f"unknown image {name_or_id!r} in {region}: no AMI of ours is tagged {TAG_IMAGE}={name_or_id}"
+            f" and none shared with this account is named {name_or_id}-*; see `scipioncloud images list`, "
+            "bake one with `make ami`, or name the facility's account with --image-owner"
         )
     return resolve(aws, found[0]["image_id"], region)
 
 
-def copy(aws: Aws, name_or_id: str, to_regions: list[str], wait: bool = True) -> list[dict]:
-    """Copy an AMI to other regions with its tags; waits until each copy is available."""
+def _newest(images: list[dict], region: str) -> list[dict]:
+    return sorted((summarize(i, region) for i in images), key=lambda i: i["created"] or "", reverse=True)
+
+
+def shared_with_us(ec2, region: str, name: str, owners: tuple[str, ...] = ()) -> list[dict]:
+    """Images named NAME-* that another account shared with this one, newest first."""
+    name_filter = [{"Name": "name", "Values": [f"{name}-*"]}, {"Name": "state", "Values": ["available"]}]
+    if owners:
+        found = ec2.describe_images(Owners=list(owners), Filters=name_filter)["Images"]
+    else:
+        found = ec2.describe_images(ExecutableUsers=["self"], Filters=name_filter)["Images"]
+    return _newest(found, region)
+
+
+def copy(aws: Aws, name_or_id: str, to_regions: list[str], wait: bool = True, on_progress=None) -> list[dict]:
+    """Copy an AMI to other regions with its tags, all regions at once; with `wait`, until each copy is
+    available, calling on_progress(percent, task=region) as the copies' snapshots progress."""
     source = resolve(aws, name_or_id)
     src_region = aws.region_name
     tags = [t for t in source["raw"].get("Tags", []) if not t["Key"].startswith("aws:")]
-    copies = []
-    for region in to_regions:
-        ec2 = aws.ec2(region)
+    clients = {region: aws.ec2(region) for region in to_regions}  # made here: sessions are not thread-safe
+    started = {}
+    for region, ec2 in clients.items():  # CopyImage only starts a copy: cheap, one region after another
         try:
             new_id = ec2.copy_image(
                 SourceRegion=src_region,
@@ -109,12 +133,47 @@ def copy(aws: Aws, name_or_id: str, to_regions: list[str], wait: bool = True) ->
             )["ImageId"]
             tags_here = [*tags, {"Key": "scipioncloud:source", "Value": f"{src_region}/{source['image_id']}"}]
             ec2.create_tags(Resources=[new_id], Tags=tags_here)
-            if wait:
-                ec2.get_waiter("image_available").wait(ImageIds=[new_id], WaiterConfig=waiter_config(3600))
         except ClientError as exc:
             raise from_client_error(exc, f"copy to {region}") from None
-        copies.append({"region": region, "image_id": new_id, "source": source["image_id"]})
-    return copies
+        started[region] = new_id
+    if wait:
+        report = on_progress or (lambda _percent, task=None: None)
+        with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
+            waits = [
+                pool.submit(wait_for_copy, clients[region], image_id, lambda p, r=region: report(p, task=r))
+                for region, image_id in started.items()
+            ]
+            for done in waits:
+                done.result()
+    return [{"region": r, "image_id": i, "source": source["image_id"]} for r, i in started.items()]
+
+
+def wait_for_copy(ec2, image_id: str, on_progress, max_wait_s: float = 3600 * 3) -> None:
+    """Poll the copy (DescribeImages, as the image_available waiter does); its progress is that of the
+    snapshots it is made of (DescribeSnapshots Progress), since AMIs report none themselves."""
+    config = waiter_config(max_wait_s)
+    for _ in range(config["MaxAttempts"]):
+        try:
+            image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+        except ClientError as exc:
+            raise from_client_error(exc, f"copy {image_id}") from None
+        if image.get("State") == "available":
+            on_progress(100.0)
+            return
+        if image.get("State") in ("failed", "error", "invalid", "deregistered"):
+            reason = image.get("StateReason", {}).get("Message", "no reason given")
+            raise OperationFailed(f"copy {image_id} {image['State']}: {reason}")
+        snapshot_ids = [
+            m["Ebs"]["SnapshotId"]
+            for m in image.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")
+        ]
+        if snapshot_ids:
+            found = ec2.describe_snapshots(SnapshotIds=snapshot_ids)["Snapshots"]
+            values = [float(s.get("Progress", "0%").rstrip("%") or 0) for s in found]
+            on_progress(sum(values) / len(values))
+        time.sleep(config["Delay"])
+    raise OperationFailed(f"copy {image_id} not available after {max_wait_s / 3600:g} h")
 
 
 def share(aws: Aws, name_or_id: str, public: bool = False, accounts: tuple[str, ...] = ()) -> dict:

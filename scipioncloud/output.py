@@ -11,6 +11,7 @@ from datetime import date, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 
@@ -38,6 +39,37 @@ class Output:
             return contextlib.nullcontext()
         return self.err.status(message)
 
+    @contextlib.contextmanager
+    def progress(self, label: str):
+        """A percent bar for AWS work that reports progress (snapshots, image copies): yields
+        report(percent) for one task, or report(percent, task=NAME) for several side by side. A bar on a
+        terminal, a line per change when piped, nothing under --json."""
+        if self.as_json:
+            yield lambda _percent, task=label: None
+            return
+        if not self.err.is_terminal:
+            last: dict[str, float | None] = {}
+
+            def line(value, task=label):
+                if value is not None and last.get(task) != value:
+                    last[task] = value
+                    self.err.print(f"{task}: {value:g}%", highlight=False, markup=False)
+
+            yield line
+            return
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=self.err
+        ) as bar:
+            tasks: dict[str, int] = {}
+
+            def report(value, task=label):
+                if task not in tasks:
+                    tasks[task] = bar.add_task(task, total=100)
+                if value is not None:
+                    bar.update(tasks[task], completed=value)
+
+            yield report
+
     def emit(self, data: Any, *, text: str | None = None) -> None:
         """The command's result: JSON under --json, else `text` (or nothing when there is none)."""
         if self.as_json:
@@ -53,6 +85,9 @@ class Output:
         if self.as_json:
             self.emit(rows if data is None else data)
             return
+        if not self.out.is_terminal:
+            self._plain(rows, list(columns))
+            return
         table = Table(title=title)
         keys = []
         for key, header in columns:
@@ -62,9 +97,21 @@ class Output:
             table.add_row(*("" if row.get(k) is None else str(row.get(k)) for k in keys))
         self.out.print(table)
 
-    def error(self, message: str) -> None:
-        """One line, on stderr; under --json also {"error": ...} on stdout for scripts."""
+    def _plain(self, rows: Sequence[dict], columns: list[tuple[str, str]]) -> None:
+        """Piped output: a header and one whole line per row, columns padded, nothing folded or cut, so
+        `grep`, `awk` and `cut` see whole ids."""
+        cells = [[header for _, header in columns]]
+        cells += [["-" if row.get(k) is None else str(row.get(k)) for k, _ in columns] for row in rows]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+        for line in cells:
+            text = "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+            sys.stdout.write(text.rstrip() + "\n")
+        sys.stdout.flush()
+
+    def error(self, message: str, **data: Any) -> None:
+        """One line, on stderr; under --json also {"error": ..., **data} on stdout for scripts (the only
+        document a failed command prints there)."""
         if self.as_json:
-            sys.stdout.write(json.dumps({"error": message}) + "\n")
+            sys.stdout.write(json.dumps({"error": message, **data}, default=_default) + "\n")
         first = " ".join(message.split())
         self.err.print(f"error: {first}", highlight=False, markup=False)

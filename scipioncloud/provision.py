@@ -16,7 +16,9 @@ import ansible_runner
 
 from scipioncloud.errors import BadInput
 
-DEFAULT_PLAYBOOK = Path("roles/site.yml")
+# The roles and image definitions ship inside the package (scipioncloud/ansible links to roles/ and
+# images/), so `scipioncloud provision` works from any folder.
+DEFAULT_PLAYBOOK = Path(__file__).resolve().parent / "ansible" / "roles" / "site.yml"
 HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")  # a DNS name or an address; nothing a shell or YAML would bend
 
 
@@ -62,11 +64,19 @@ def split_host(host: str) -> tuple[str, int | None]:
     return match.group(1), port
 
 
+def inventory_name(host: str) -> str:
+    """The name a host gets in the inventory: Ansible reads NAME:PORT in an inventory key as a host and its
+    port, so a colon there would make one machine two (our name and Ansible's)."""
+    return host.replace("[", "").replace("]", "").replace(":", "_")
+
+
 def build_inventory(
     hosts: list[str], user: str, key_file: Path | None, connection: str = "ssh"
 ) -> dict[str, Any]:
     if not hosts:
         raise BadInput("name at least one host")
+    if len({inventory_name(h) for h in hosts}) != len(hosts):
+        raise BadInput("a host is named twice")
     entries = {}
     for host in hosts:
         if not HOST_RE.match(host.replace("[", "").replace("]", "")):
@@ -82,7 +92,7 @@ def build_inventory(
             entry["ansible_port"] = port
         if key_file:
             entry["ansible_ssh_private_key_file"] = str(key_file)
-        entries[host] = entry
+        entries[inventory_name(host)] = entry
     return {"all": {"hosts": entries}}
 
 
@@ -109,6 +119,7 @@ def _message(result: dict[str, Any]) -> str:
 
 def run(
     hosts: list[str],
+    *,
     playbook: Path = DEFAULT_PLAYBOOK,
     image: str = "scipion-desktop",
     user: str = "ubuntu",
@@ -132,6 +143,7 @@ def run(
     for f in vars_files:
         if not Path(f).is_file():
             raise BadInput(f"vars file {f} does not exist")
+    names = {inventory_name(h): h for h in hosts}
     failures: list[Failure] = []
     hosts_summary: dict[str, dict[str, int]] = {}
 
@@ -143,6 +155,7 @@ def run(
         if kind == "playbook_on_task_start" and on_task:
             on_task(task, data.get("play", ""))
         elif kind.startswith("runner_on_") and host:
+            host = names.get(host, host)
             res = data.get("res", {}) or {}
             if kind == "runner_on_failed" and not data.get("ignore_errors"):
                 outcome = "failed"
@@ -181,8 +194,13 @@ def run(
             },
         )
         status, rc = runner.status, runner.rc
+    # Report under the names the operator typed (HOST:PORT), one row each.
+    names = {inventory_name(h): h for h in hosts}
+    by_host = {names.get(name, name): counts for name, counts in hosts_summary.items()}
     for name in hosts:
-        counts = hosts_summary.setdefault(name, {})
+        counts = by_host.setdefault(name, {})
         for counter in ("ok", "changed", "failures", "dark", "skipped"):
             counts.setdefault(counter, 0)
-    return ProvisionResult(status=status, rc=rc, hosts=hosts_summary, failures=failures)
+    for failure in failures:
+        failure.host = names.get(failure.host, failure.host)
+    return ProvisionResult(status=status, rc=rc, hosts=by_host, failures=failures)

@@ -230,7 +230,9 @@ def init_app(app: Flask, config: Config) -> None:
     app.extensions[KEY] = desktop
     services.register(app, "desktop", desktop)
     # The idle rule (agent.idle, its own capability) takes signals from others; without it, nothing to do.
-    if importlib.util.find_spec("agent.idle") is not None:
+    # A connected viewer alone keeps the machine on only when asked (idle.watch_vnc_viewers); by default the
+    # desktop counts through its input (agent.idle_signals.desktop_input).
+    if config.idle.watch_vnc_viewers and importlib.util.find_spec("agent.idle") is not None:
         from agent import idle
 
         idle.register_signal(app, "desktop", lambda: idle.Signal(*viewers_signal(config)))

@@ -10,15 +10,20 @@ from dataclasses import dataclass
 
 import click
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     EndpointConnectionError,
     NoCredentialsError,
     NoRegionError,
+    PartialCredentialsError,
+    SSOTokenLoadError,
+    TokenRetrievalError,
+    UnauthorizedSSOTokenError,
     WaiterError,
 )
 
 from scipioncloud.aws import Aws
-from scipioncloud.errors import BadInput, OperationFailed, from_client_error
+from scipioncloud.errors import BadInput, CliError, Interrupted, OperationFailed, from_client_error
 from scipioncloud.output import Output
 
 
@@ -29,12 +34,42 @@ class Run:
 
 
 def fail(out: Output, exc: Exception, code: int) -> None:
-    out.error(str(exc))
+    out.error(str(exc), **getattr(exc, "data", {}))
     raise SystemExit(code)
 
 
-def command(group: click.Group, name: str | None = None, aws: bool = True, **kwargs) -> Callable:
-    """Register `f(run, **options)` on `group` with --json (and --region/--profile when `aws`)."""
+def translate(exc: Exception, profile: str | None = None) -> CliError | None:
+    """One translation of what boto3 and our library raise into a one-line error that says what to do next
+    (None for anything else, which is a bug and keeps its traceback)."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, ClientError):
+        return from_client_error(exc)
+    who = f"--profile {profile}" if profile else "your profile"
+    if isinstance(exc, (SSOTokenLoadError, UnauthorizedSSOTokenError, TokenRetrievalError)):
+        login = f"aws sso login --profile {profile}" if profile else "aws sso login"
+        return BadInput(f"the AWS SSO session of {who} is not logged in or has expired: run `{login}`")
+    if isinstance(exc, PartialCredentialsError):
+        return BadInput(
+            f"incomplete AWS credentials ({exc}): set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(and AWS_SESSION_TOKEN for temporary keys), or use a profile"
+        )
+    if isinstance(exc, NoCredentialsError):
+        return BadInput("no AWS credentials: set AWS_PROFILE or pass --profile (or aws sso login)")
+    if isinstance(exc, NoRegionError):
+        return BadInput("no AWS region: pass --region REGION or set AWS_REGION")
+    if isinstance(exc, EndpointConnectionError):
+        return OperationFailed(f"cannot reach AWS: {exc}")
+    if isinstance(exc, WaiterError):
+        return OperationFailed(f"gave up waiting: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return OperationFailed(f"AWS client error: {exc}")
+    return None
+
+
+def command(group: click.Group | None, name: str | None = None, aws: bool = True, **kwargs) -> Callable:
+    """Make `f(run, **options)` a command with --json (and --region/--profile when `aws`), on `group`, or a
+    top-level command (group None) that its module lists in COMMANDS for scipioncloud/cli.py."""
 
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)
@@ -42,25 +77,13 @@ def command(group: click.Group, name: str | None = None, aws: bool = True, **kwa
             run = Run(Aws(region, profile), Output(as_json))
             try:
                 return f(run, *args, **kw)
-            except BadInput as exc:
-                fail(run.out, exc, 2)
-            except OperationFailed as exc:
-                fail(run.out, exc, 1)
-            except ClientError as exc:
-                converted = from_client_error(exc)
+            except KeyboardInterrupt:
+                fail(run.out, Interrupted("interrupted"), Interrupted.exit_code)
+            except Exception as exc:
+                converted = translate(exc, profile)
+                if converted is None:
+                    raise
                 fail(run.out, converted, converted.exit_code)
-            except NoCredentialsError:
-                fail(
-                    run.out,
-                    BadInput("no AWS credentials: set AWS_PROFILE or pass --profile (or aws sso login)"),
-                    2,
-                )
-            except NoRegionError:
-                fail(run.out, BadInput("no AWS region: pass --region REGION or set AWS_REGION"), 2)
-            except EndpointConnectionError as exc:
-                fail(run.out, OperationFailed(f"cannot reach AWS: {exc}"), 1)
-            except WaiterError as exc:
-                fail(run.out, OperationFailed(f"gave up waiting: {exc}"), 1)
 
         wrapper = click.option(
             "--json", "as_json", is_flag=True, help="Print one JSON document (for scripts)."
@@ -72,7 +95,7 @@ def command(group: click.Group, name: str | None = None, aws: bool = True, **kwa
             wrapper = click.option("--region", help="AWS region (default: AWS_REGION / the profile's).")(
                 wrapper
             )
-        return group.command(name, **kwargs)(wrapper)
+        return (group.command if group is not None else click.command)(name, **kwargs)(wrapper)
 
     return decorate
 

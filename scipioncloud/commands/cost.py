@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
 
 import click
 
 from scipioncloud import costs
 from scipioncloud.commands.common import command
+from scipioncloud.errors import OperationFailed
 
 
 @click.group()
@@ -40,31 +43,31 @@ def estimate(run, instance_type, hours, ebs_gb, ebs_type, egress_gb, movies_gb, 
     """Estimate a workstation's cost in --region."""
     table = costs.load_table(price_table)
     region = run.aws.region_name
-    prices = table.region(region)
     hourly = per_gb = None
     used = f"table {table.path} ({table.as_of})"
     if source in ("api", "auto"):
         try:
-            hourly, per_gb = costs.api_prices(run.aws.session, region, instance_type, ebs_type)
-            used = "AWS Pricing API"
+            client = costs.pricing_client(run.aws.session)
+            hourly, per_gb = costs.api_prices(client, region, instance_type, ebs_type)
+            used = f"AWS Price List API ({dt.date.today().isoformat()})"
         except Exception as exc:  # any failure: no rights, no network, no product
             if source == "api":
-                from scipioncloud.errors import OperationFailed
-
                 raise OperationFailed(f"the AWS Pricing API did not answer: {exc}") from None
             run.out.info(f"Pricing API unavailable ({type(exc).__name__}); using the shipped table")
+    prices, note = costs.region_prices(table, region, api_answered=hourly is not None)
+    used += note
     result = costs.estimate(
         prices,
         instance_type,
-        hours,
-        ebs_gb,
-        ebs_type,
-        egress_gb,
-        months,
-        movies_gb,
-        table.hours_per_month,
-        hourly,
-        per_gb,
+        hours=hours,
+        ebs_gb=ebs_gb,
+        ebs_type=ebs_type,
+        egress_gb=egress_gb,
+        months=months,
+        movies_gb=movies_gb,
+        hours_per_month=table.hours_per_month,
+        hourly=hourly,
+        ebs_per_gb_month=per_gb,
     )
     result["prices_from"] = used
     b = result["breakdown"]
@@ -84,3 +87,32 @@ def estimate(run, instance_type, hours, ebs_gb, ebs_type, egress_gb, movies_gb, 
         lines.append(f"  keeping {movies_gb:g} GB of raw movies for the period:")
         lines += [f"    {where:<24} ${usd:.2f}" for where, usd in result["movies"]["keep_on"].items()]
     run.out.emit(result, text="\n".join(lines))
+
+
+@command(cost, "refresh")
+@click.option(
+    "--in", "regions", multiple=True, metavar="REGION", help="Regions to price (default: the table's)."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help=f"Where to write the new table (default: {costs.USER_TABLE}, which estimates then use).",
+)
+def refresh(run, regions, out):
+    """Price every instance and EBS type of the table again from the AWS Price List API, dated today."""
+    table = costs.load_table()
+    client = costs.pricing_client(run.aws.session)
+    try:
+        with run.out.status("asking the AWS Price List API"):
+            fresh = costs.refresh(client, table, list(regions) or None)
+    except LookupError as exc:
+        raise OperationFailed(str(exc)) from None
+    target = (out or costs.USER_TABLE).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(fresh, indent=2) + "\n")
+    summary = {"path": str(target), "as_of": fresh["as_of"], "regions": sorted(fresh["regions"])}
+    run.out.emit(summary, text=f"prices of {', '.join(summary['regions'])} as of {fresh['as_of']}: {target}")
+
+
+COMMANDS = [cost]

@@ -46,8 +46,9 @@ def copy(run, image, to_regions, no_wait):
     """Copy IMAGE (name or AMI id, in --region) to other regions, with its tags."""
     for region in to_regions:
         run.aws.ec2(region)
-    with run.out.status(f"copying {image} from {run.aws.region_name} to {', '.join(to_regions)}"):
-        copies = lib.copy(run.aws, image, list(to_regions), wait=not no_wait)
+    run.out.info(f"copying {image} from {run.aws.region_name} to {', '.join(to_regions)} at once")
+    with run.out.progress("copy") as progress:
+        copies = lib.copy(run.aws, image, list(to_regions), wait=not no_wait, on_progress=progress)
     run.out.table(copies, [("region", "region"), ("image_id", "AMI"), ("source", "copied from")])
 
 
@@ -89,3 +90,6 @@ def prune(run, keep, image, regions, dry_run):
         title=title,
         data=removed,
     )
+
+
+COMMANDS = [images]

@@ -6,19 +6,12 @@ from pathlib import Path
 
 import click
 
+from scipioncloud import access as access_lib
 from scipioncloud import agent_client, console, costs, tunnel
 from scipioncloud import instances as lib
 from scipioncloud.commands.common import command, parse_minutes
-from scipioncloud.errors import BadInput, OperationFailed
+from scipioncloud.errors import BadInput, Interrupted, OperationFailed
 from scipioncloud.network import caller_cidr, normalize_cidr
-
-
-def register(main: click.Group) -> None:
-    for cmd in (launch, instances, stop, start, resize, terminate, desktop, status):
-        main.add_command(cmd)
-
-
-_holder = click.Group()  # commands are made here, then added to the real group by register()
 
 
 def _desktop_text(result: dict) -> str:
@@ -30,8 +23,15 @@ def _desktop_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-@command(_holder, "launch")
+@command(None, "launch")
 @click.option("--image", required=True, help="Image name (tag scipioncloud:image) or AMI id.")
+@click.option(
+    "--image-owner",
+    "image_owners",
+    multiple=True,
+    metavar="ACCOUNT",
+    help="Also look for NAME among the images this account (e.g. your facility's) shared with you.",
+)
 @click.option("--type", "instance_type", default="g4dn.xlarge", show_default=True, help="EC2 instance type.")
 @click.option("--disk", "disk_gb", type=int, default=100, show_default=True, help="System disk, GB (gp3).")
 @click.option(
@@ -53,6 +53,11 @@ def _desktop_text(result: dict) -> str:
 @click.option("--no-wait", is_flag=True, help="Return as soon as the instance is running.")
 @click.option("--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image.")
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check everything, incl. EC2's own DryRun and the GPU quota; create nothing.",
+)
+@click.option(
     "--timeout",
     "timeout_min",
     type=float,
@@ -63,6 +68,7 @@ def _desktop_text(result: dict) -> str:
 def launch(
     run,
     image,
+    image_owners,
     instance_type,
     disk_gb,
     data_gb,
@@ -75,15 +81,15 @@ def launch(
     auto_stop_grace,
     no_wait,
     allow_no_gpu,
+    dry_run,
     timeout_min,
 ):
     """Launch a workstation: GPU instance, security group for SSH and HTTPS, then its desktop URL."""
-    cidr = normalize_cidr(cidr) if cidr else caller_cidr()
     request = lib.LaunchRequest(
         image=image,
         instance_type=instance_type,
         key_name=key_name,
-        cidr=cidr,
+        cidr=normalize_cidr(cidr) if cidr else "",
         name=name,
         disk_gb=disk_gb,
         data_volume_gb=data_gb,
@@ -92,27 +98,54 @@ def launch(
         auto_stop_min=parse_minutes(auto_stop),
         auto_stop_grace_min=parse_minutes(auto_stop_grace, "--auto-stop-grace"),
         allow_no_gpu=allow_no_gpu,
+        image_owners=tuple(image_owners),
     )
-    where = f"{run.aws.region_name}, ports 22/443 open to {cidr}"
-    with run.out.status(f"launching {instance_type} from {image} in {where}"):
-        result = lib.launch(run.aws, request)
-    run.out.info(f"{result['instance_id']} is running at {result['public_ip']}")
-    if not no_wait:
-        ec2 = run.aws.ec2()
-        with run.out.status("waiting for the first boot to publish the desktop (a few minutes)"):
-            found = console.wait_for_desktop(
-                lambda: console.read_console(ec2, result["instance_id"]), timeout_s=timeout_min * 60
-            )
-        if found is None:
-            raise OperationFailed(
-                f"no desktop line on {result['instance_id']}'s console after {timeout_min:g} min; "
-                f"it is running ({result['ssh']}); try `scipioncloud desktop {result['instance_id']}` later"
-            )
-        result |= {"desktop_url": found.url, "password": found.password}
+    lib.check_inputs(request)  # before any network call
+    request.cidr = request.cidr or caller_cidr()
+    plan = lib.prepare(run.aws, request)  # image, type, key pair, name, network, GPU quota: creates nothing
+    if dry_run:
+        result = lib.dry_run(run.aws, plan)
+        run.out.emit(result, text="\n".join(f"{k}: {v}" for k, v in result["checks"].items()))
+        return
+    created = lib.Created()
+    try:
+        result = _launch_and_wait(run, plan, created, no_wait, timeout_min)
+    except KeyboardInterrupt:
+        raise Interrupted(_leftovers(run, plan, created), **created.as_dict()) from None
     run.out.emit(result, text=_desktop_text(result) or result["instance_id"])
 
 
-@command(_holder, "instances")
+def _leftovers(run, plan, created) -> str:
+    prices = costs.load_table().regions.get(run.aws.region_name)
+    hourly = prices.instances_per_hour.get(plan.request.instance_type) if prices else None
+    gb = plan.request.disk_gb + plan.request.data_volume_gb
+    per_gb = prices.ebs_per_gb_month.get("gp3") if prices else None
+    return lib.leftovers(created, hourly, None if per_gb is None else gb * per_gb)
+
+
+def _launch_and_wait(run, plan, created, no_wait: bool, timeout_min: float) -> dict:
+    request = plan.request
+    where = f"{run.aws.region_name}, ports 22/443 open to {request.cidr}"
+    with run.out.status(f"launching {request.instance_type} from {request.image} in {where}"):
+        result = lib.launch(run.aws, plan, created)
+    run.out.info(f"{result['instance_id']} is running at {result['public_ip']}")
+    if no_wait:
+        return result
+    ec2 = run.aws.ec2()
+    with run.out.status("waiting for the first boot to publish the desktop (a few minutes)"):
+        found = console.wait_for_desktop(
+            lambda: console.read_console(ec2, result["instance_id"]), timeout_s=timeout_min * 60
+        )
+    if found is None:
+        raise OperationFailed(
+            f"no desktop line on {result['instance_id']}'s console after {timeout_min:g} min; "
+            f"it is running ({result['ssh']}); try `scipioncloud desktop {result['instance_id']}` later",
+            **{k: result[k] for k in ("instance_id", "name", "state", "public_ip", "ssh", "security_group")},
+        )
+    return result | {"desktop_url": found.url, "password": found.password}
+
+
+@command(None, "instances")
 @click.option("--all", "all_instances", is_flag=True, help="Every instance, not only ScipionCloud's.")
 def instances(run, all_instances):
     """Our instances: state, type, uptime since the last start, on-demand cost so far."""
@@ -135,17 +168,23 @@ def instances(run, all_instances):
     )
 
 
-@command(_holder, "stop")
+any_instance_option = click.option(
+    "--any-instance", is_flag=True, help="Also act on an instance scipioncloud did not launch (no tag)."
+)
+
+
+@command(None, "stop")
 @click.argument("instance")
 @click.option("--no-wait", is_flag=True)
-def stop(run, instance, no_wait):
+@any_instance_option
+def stop(run, instance, no_wait, any_instance):
     """Stop INSTANCE (id or Name): disks stay and are billed, the instance hours stop."""
     with run.out.status(f"stopping {instance}"):
-        result = lib.stop(run.aws, instance, wait=not no_wait)
+        result = lib.stop(run.aws, instance, wait=not no_wait, any_instance=any_instance)
     run.out.emit(result, text=f"{result['instance_id']}: {result['state']}")
 
 
-@command(_holder, "start")
+@command(None, "start")
 @click.argument("instance")
 @click.option("--no-wait", is_flag=True)
 def start(run, instance, no_wait):
@@ -155,32 +194,65 @@ def start(run, instance, no_wait):
     run.out.emit(result, text=f"{result['instance_id']}: {result['state']} at {result['public_ip']}")
 
 
-@command(_holder, "resize")
+@command(None, "resize")
 @click.argument("instance")
 @click.option("--type", "instance_type", required=True, help="The new instance type.")
 @click.option(
     "--allow-no-gpu", is_flag=True, help="Accept a type without a GPU for a GPU image (CPU-only steps)."
 )
-def resize(run, instance, instance_type, allow_no_gpu):
-    """Change INSTANCE's type: stop, change, start (a stopped one stays stopped)."""
-    result = lib.resize(run.aws, instance, instance_type, on_step=run.out.info, allow_no_gpu=allow_no_gpu)
-    run.out.emit(
-        result, text=f"{result['instance_id']}: {result['old_type']} -> {result['type']}, {result['state']}"
+@any_instance_option
+def resize(run, instance, instance_type, allow_no_gpu, any_instance):
+    """Change INSTANCE's type: stop, change, start (a stopped one stays stopped). Prints the new address."""
+    result = lib.resize(
+        run.aws,
+        instance,
+        instance_type,
+        on_step=run.out.info,
+        allow_no_gpu=allow_no_gpu,
+        any_instance=any_instance,
     )
+    text = f"{result['instance_id']}: {result['old_type']} -> {result['type']}, {result['state']}"
+    if result.get("public_ip"):
+        text += f"\naddress:  {result['public_ip']} (it changed: use `scipioncloud desktop` for the URL)"
+        text += f"\nssh:      {result['ssh']}"
+    run.out.emit(result, text=text)
 
 
-@command(_holder, "terminate")
+@command(None, "terminate")
 @click.argument("instance")
-@click.option("--yes", is_flag=True, help="Terminate even though unsnapshotted volumes will be deleted.")
-def terminate(run, instance, yes):
-    """Terminate INSTANCE; refuses while a volume that would be deleted has no snapshot."""
+@click.option("--yes", is_flag=True, help="Terminate even though unsnapshotted data volumes will be deleted.")
+@any_instance_option
+def terminate(run, instance, yes, any_instance):
+    """Terminate INSTANCE; refuses while a data volume that would be deleted has no snapshot. Says which
+    volumes were deleted and which are kept, and what those still cost a month."""
+    prices = costs.load_table().regions.get(run.aws.region_name)
     with run.out.status(f"terminating {instance}"):
-        result = lib.terminate(run.aws, instance, yes)
-    kept = ", ".join(result["kept_volumes"]) or "none"
-    run.out.emit(result, text=f"{result['instance_id']}: terminated; volumes kept: {kept}")
+        result = lib.terminate(
+            run.aws,
+            instance,
+            yes=yes,
+            any_instance=any_instance,
+            per_gb_month=prices.ebs_per_gb_month if prices else None,
+        )
+    run.out.emit(result, text="\n".join(describe_terminated(result)))
 
 
-@command(_holder, "desktop")
+def describe_terminated(result: dict) -> list[str]:
+    lines = [f"{result['instance_id']}: terminated"]
+    lines.append(f"deleted:  {', '.join(result['deleted_volumes']) or 'no volumes'}")
+    for v in result["kept_and_billed"]:
+        cost = "?" if v["monthly_cost"] is None else f"${v['monthly_cost']:.2f}"
+        what = f"{v['volume_id']} ({v['device']}, {v['size_gb']} GB {v['type']})"
+        lines.append(
+            f"kept:     {what}, still billed {cost}/month"
+            f" - `scipioncloud volumes delete {v['volume_id']}` when no longer needed"
+        )
+    if result["kept_monthly_cost"]:
+        lines.append(f"kept volumes cost ${result['kept_monthly_cost']:.2f}/month in total")
+    return lines
+
+
+@command(None, "desktop")
 @click.argument("instance")
 def desktop(run, instance):
     """Print INSTANCE's desktop URL and password (from its console output)."""
@@ -244,7 +316,7 @@ def _ssh_target(
     )
 
 
-@command(_holder, "status")
+@command(None, "status")
 @click.argument("instance")
 @ssh_options
 def status(run, instance, key, user, ssh_host, ssh_port, ssh_opts):
@@ -254,3 +326,22 @@ def status(run, instance, key, user, ssh_host, ssh_port, ssh_opts):
     with tunnel.open_tunnel(target) as url:
         summary = agent_client.AgentClient(url, token).summary()
     run.out.emit(summary, text="\n".join(agent_client.describe_summary(summary)))
+
+
+@command(None, "access")
+@click.argument("instance")
+@click.option("--cidr", help="Address block to allow (default: your public address/32).")
+@click.option("--remove-old", is_flag=True, help="Close SSH and the desktop to every other address.")
+def access(run, instance, cidr, remove_old):
+    """Open INSTANCE's SSH and desktop to where you are now (lab, home, VPN); --remove-old closes them to
+    the addresses you had before."""
+    cidr = normalize_cidr(cidr) if cidr else caller_cidr()
+    result = access_lib.allow(run.aws, instance, cidr, remove_old=remove_old)
+    lines = [f"{result['instance_id']} ({result['security_group']}):"]
+    lines.append(f"  added {result['added']}" if result["added"] else f"  {cidr} was already allowed")
+    lines += [f"  removed {c}" for c in result["removed"]]
+    lines += [f"  port {port} open to {', '.join(c) or 'nobody'}" for port, c in result["allowed"].items()]
+    run.out.emit(result, text="\n".join(lines))
+
+
+COMMANDS = [launch, instances, stop, start, resize, terminate, desktop, status, access]

@@ -10,14 +10,8 @@ from scipioncloud import provision as lib
 from scipioncloud.commands.common import command
 from scipioncloud.errors import OperationFailed
 
-_holder = click.Group()
 
-
-def register(main: click.Group) -> None:
-    main.add_command(provision)
-
-
-@command(_holder, "provision", aws=False)
+@command(None, "provision", aws=False)
 @click.argument("hosts", nargs=-1, required=True)
 @click.option("--image", default="scipion-desktop", show_default=True, help="Image definition to apply.")
 @click.option("--user", default="ubuntu", show_default=True, help="SSH user (needs sudo).")
@@ -47,8 +41,31 @@ def provision(run, hosts, image, user, key_file, playbook, vars_files, connectio
             out.info(f"  {host}: {outcome}")
 
     result = lib.run(
-        list(hosts), playbook, image, user, key_file, connection, None, tuple(vars_files), on_task, on_result
+        list(hosts),
+        playbook=playbook,
+        image=image,
+        user=user,
+        key_file=key_file,
+        connection=connection,
+        vars_files=tuple(vars_files),
+        on_task=on_task,
+        on_result=on_result,
     )
+    if not result.ok:
+        detail = (
+            "; ".join(
+                f"{f.host}: task '{f.task}' {'unreachable' if f.unreachable else 'failed'}: {f.message}"
+                for f in result.failures
+            )
+            or f"ansible-runner ended {result.status} (rc {result.rc})"
+        )
+        if not out.as_json:
+            _summary(out, result)
+        raise OperationFailed(detail, **result.as_dict())  # under --json: this one document, with the rows
+    _summary(out, result)
+
+
+def _summary(out, result) -> None:
     rows = [{"host": h, **c} for h, c in result.hosts.items()]
     out.table(
         rows,
@@ -63,12 +80,6 @@ def provision(run, hosts, image, user, key_file, playbook, vars_files, connectio
         title="provision summary",
         data=result.as_dict(),
     )
-    if not result.ok:
-        detail = (
-            "; ".join(
-                f"{f.host}: task '{f.task}' {'unreachable' if f.unreachable else 'failed'}: {f.message}"
-                for f in result.failures
-            )
-            or f"ansible-runner ended {result.status} (rc {result.rc})"
-        )
-        raise OperationFailed(detail)
+
+
+COMMANDS = [provision]

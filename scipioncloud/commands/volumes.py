@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from scipioncloud import agent_client, tunnel
+from scipioncloud import agent_client, costs, tunnel
 from scipioncloud import volumes as lib
 from scipioncloud.commands.common import command
 from scipioncloud.commands.instances import _ssh_target, ssh_options
@@ -41,9 +41,29 @@ def list_(run):
 @click.option("--instance", help="Create in this instance's zone (to attach it there).")
 @click.option("--zone", help="Availability zone (default: the region's first).")
 @click.option("--name", help="Name tag.")
-def create(run, size_gb, volume_type, iops, throughput, snapshot_id, instance, zone, name):
+@click.option(
+    "--init-rate",
+    type=int,
+    default=None,
+    help="From a snapshot: EBS provisioned initialization rate, 100-300 MiB/s (default 300; 0 = lazy "
+    "loading, no extra charge). Billed per GiB initialized.",
+)
+def create(run, size_gb, volume_type, iops, throughput, snapshot_id, instance, zone, name, init_rate):
     """Create a volume."""
-    result = lib.create(run.aws, size_gb, volume_type, iops, throughput, snapshot_id, zone, instance, name)
+    if init_rate is None:
+        init_rate = 300 if snapshot_id else 0
+    result = lib.create(
+        run.aws,
+        size_gb=size_gb,
+        volume_type=volume_type,
+        iops=iops,
+        throughput=throughput,
+        snapshot_id=snapshot_id,
+        zone=zone,
+        instance=instance,
+        name=name,
+        init_rate=init_rate,
+    )
     run.out.table([result], COLUMNS, data=result)
 
 
@@ -71,10 +91,74 @@ def detach(run, volume, force):
 @click.option("--description")
 @click.option("--no-wait", is_flag=True, help="Return once the snapshot is started.")
 def snapshot(run, volume, description, no_wait):
-    """Snapshot VOLUME (what `terminate` wants to see before it deletes a volume)."""
-    with run.out.status(f"snapshotting {volume} (large volumes take a while)"):
-        result = lib.snapshot(run.aws, volume, description, wait=not no_wait)
+    """Snapshot VOLUME (what `terminate` wants to see before it deletes a data volume)."""
+    with run.out.progress(f"snapshot of {volume}") as progress:
+        result = lib.snapshot(run.aws, volume, description, wait=not no_wait, on_progress=progress)
     run.out.emit(result, text=f"{result['snapshot_id']} of {result['volume_id']}: {result['state']}")
+
+
+def _region_prices(run):
+    return costs.load_table().regions.get(run.aws.region_name)
+
+
+@command(volumes, "delete")
+@click.argument("volume")
+@click.option("--yes", is_flag=True, help="Delete even though no snapshot of it exists (its data is lost).")
+def delete(run, volume, yes):
+    """Delete VOLUME: refuses one that is attached, and one with no snapshot (the only copy of its data)
+    unless --yes. Prints what it saves a month."""
+    prices = _region_prices(run)
+    result = lib.delete(
+        run.aws, volume, unsnapshotted_ok=yes, per_gb_month=prices.ebs_per_gb_month if prices else None
+    )
+    saving = result["monthly_saving"]
+    text = f"{volume} deleted ({result['size_gb']} GB {result['type']})"
+    if saving is not None:
+        text += f"; saves ${saving:.2f}/month"
+    if result["snapshots"]:
+        text += f"; its data stays in {', '.join(result['snapshots'])}"
+    run.out.emit(result, text=text)
+
+
+SNAPSHOT_COLUMNS = [
+    ("snapshot_id", "snapshot"),
+    ("volume_id", "volume"),
+    ("size_gb", "GB"),
+    ("state", "state"),
+    ("progress", "progress"),
+    ("started", "started"),
+    ("image_id", "image"),
+    ("name", "name"),
+]
+
+
+@click.group()
+def snapshots() -> None:
+    """EBS snapshots of this account: list and delete."""
+
+
+@command(snapshots, "list")
+@click.option("--volume", help="Only the snapshots of this volume.")
+def list_snapshots(run, volume):
+    """This account's snapshots, newest first, with the image that uses each, if any."""
+    run.out.table(lib.list_snapshots(run.aws, volume), SNAPSHOT_COLUMNS)
+
+
+@command(snapshots, "delete")
+@click.argument("snapshot")
+@click.option("--yes", is_flag=True, help="Delete even the only copy of a deleted volume's data.")
+def delete_snapshot(run, snapshot, yes):
+    """Delete SNAPSHOT: refuses one an image uses, and the only copy of a deleted volume's data unless
+    --yes. Prints what it saves a month (at most: a snapshot bills only the blocks it holds)."""
+    prices = _region_prices(run)
+    result = lib.delete_snapshot(
+        run.aws, snapshot, only_copy_ok=yes, per_gb_month=prices.snapshot_per_gb_month if prices else None
+    )
+    saving = result["monthly_saving_up_to"]
+    text = f"{snapshot} deleted"
+    if saving is not None:
+        text += f"; saves up to ${saving:.2f}/month"
+    run.out.emit(result, text=text)
 
 
 @command(volumes, "mount")
@@ -103,3 +187,6 @@ def mount(run, instance, volume, mountpoint, fstype, format_, key, user, ssh_hos
         client = agent_client.AgentClient(url, token, timeout_s=600)
         result = client.mount(volume, mountpoint, fstype, format_)
     run.out.emit(result, text=f"{volume} mounted at {mountpoint}")
+
+
+COMMANDS = [volumes, snapshots]

@@ -77,7 +77,8 @@ def test_movies_on_ebs_versus_s3_and_glacier():
 def test_egress_spread_over_months_gets_the_allowance_each_month():
     # 300 GB over 3 months = 100 GB a month, all inside the monthly allowance
     assert (
-        costs.estimate(IRELAND, "g4dn.xlarge", 0, egress_gb=300, months=3)["breakdown"]["transfer_out"] == 0
+        costs.estimate(IRELAND, "g4dn.xlarge", hours=0, egress_gb=300, months=3)["breakdown"]["transfer_out"]
+        == 0
     )
 
 
@@ -97,7 +98,7 @@ def test_estimate_rejects_impossible_input(kwargs, message):
 
 def test_unknown_type_and_region_are_named():
     with pytest.raises(BadInput, match=r"no price for x9\.huge"):
-        costs.estimate(IRELAND, "x9.huge", 1)
+        costs.estimate(IRELAND, "x9.huge", hours=1)
     with pytest.raises(BadInput, match="no prices for region 'ap-south-2'"):
         TABLE.region("ap-south-2")
 
@@ -171,3 +172,61 @@ def test_pricing_api_unavailable_falls_back_or_fails_as_asked(aws_env):
     assert json.loads(auto.stdout)["prices_from"].startswith("table ")
     api = CliRunner().invoke(main, [*args, "--prices", "api"])
     assert api.exit_code == 1 and "Pricing API did not answer" in api.stderr
+
+
+def test_every_row_of_the_default_table_can_be_priced_by_the_api():
+    """`cost refresh` asks the Price List API for each region x instance type and EBS type of the shipped
+    table, in order, with the filters of the API's attribute names; the stand-in answers in its shape."""
+    from tests.support.price_list import expect_instance, expect_storage, stubbed_client
+
+    client, stub = stubbed_client()
+    expected = {}
+    for region, row in TABLE.regions.items():
+        for n, instance_type in enumerate(sorted(row.instances_per_hour)):
+            price = round(row.instances_per_hour[instance_type] * 1.01 + n * 1e-4, 6)
+            expect_instance(stub, region, instance_type, price)
+            expected[(region, instance_type)] = price
+        for ebs_type in sorted(row.ebs_per_gb_month):
+            price = round(row.ebs_per_gb_month[ebs_type] * 1.02, 6)
+            expect_storage(stub, region, ebs_type, price)
+            expected[(region, ebs_type)] = price
+    seen = []
+    fresh = costs.refresh(client, TABLE, on_row=lambda r, name, usd: seen.append(((r, name), usd)))
+    stub.assert_no_pending_responses()
+    assert dict(seen) == expected
+    assert fresh["as_of"] != json.loads(costs.TABLE_PATH.read_text())["as_of"]
+    assert "Price List API" in fresh["sources"]["instances"]
+    # the new table loads as a table, and an estimate uses its prices
+    assert (
+        fresh["regions"]["eu-west-1"]["instances_per_hour"]["g4dn.xlarge"]
+        == expected[("eu-west-1", "g4dn.xlarge")]
+    )
+
+
+def test_api_prices_work_in_a_region_the_table_lacks():
+    from tests.support.price_list import expect_instance, expect_storage, stubbed_client
+
+    client, stub = stubbed_client()
+    expect_instance(stub, "ap-south-2", "g5.xlarge", 1.5)
+    expect_storage(stub, "ap-south-2", "gp3", 0.1)
+    hourly, per_gb = costs.api_prices(client, "ap-south-2", "g5.xlarge", "gp3")
+    prices, note = costs.region_prices(TABLE, "ap-south-2", api_answered=True)
+    result = costs.estimate(prices, "g5.xlarge", hours=10, ebs_gb=100, hourly=hourly, ebs_per_gb_month=per_gb)
+    assert result["region"] == "ap-south-2"
+    assert result["breakdown"]["instance"] == 15.0 and result["breakdown"]["storage"] == 10.0
+    assert "us-east-1 row" in note
+    with pytest.raises(BadInput, match="no prices for region 'ap-south-2'"):
+        costs.region_prices(TABLE, "ap-south-2", api_answered=False)
+
+
+def test_user_table_from_refresh_is_used_by_default(tmp_path, monkeypatch):
+    raw = json.loads(costs.TABLE_PATH.read_text())
+    raw["as_of"] = "2026-11-30"
+    user = tmp_path / ".config" / "scipioncloud" / "prices.json"
+    user.parent.mkdir(parents=True)
+    user.write_text(json.dumps(raw))
+    monkeypatch.delenv("SCIPIONCLOUD_PRICE_TABLE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert costs.load_table().as_of == "2026-11-30"
+    monkeypatch.setenv("SCIPIONCLOUD_PRICE_TABLE", str(costs.TABLE_PATH))
+    assert costs.load_table().path == str(costs.TABLE_PATH)

@@ -113,7 +113,7 @@ def test_volume_lifecycle(cli, ec2, our_ami, key_pair):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["volumes", "create", "--size", "10", "--iops", "20000"], "between 3000 and 16000"),
+        (["volumes", "create", "--size", "10", "--iops", "90000"], "between 3000 and 80000"),
         (["volumes", "create", "--size", "10", "--type", "io2"], "need --iops"),
         (["volumes", "create", "--size", "10", "--type", "st1", "--throughput", "200"], "gp3 volumes only"),
         (["volumes", "create"], "give --size"),
@@ -208,3 +208,23 @@ def test_installed_command_honours_aws_endpoint_url(aws_env, our_ami):
         check=False,
     )
     assert failed.returncode == 1 and "cannot reach AWS" in failed.stderr
+
+
+def test_copies_to_several_regions_start_at_once_and_show_progress(cli, our_ami, calls):
+    calls.clear()
+    result = cli("images", "copy", "scipion-desktop", "--to", "us-east-1", "--to", "eu-central-1")
+    assert result.exit_code == 0, result.output
+    # every CopyImage is sent before the first wait: the copies run side by side
+    first_wait = calls.index("DescribeImages", calls.index("CopyImage"))
+    assert (
+        calls.count("CopyImage") == 2 and calls.index("CopyImage", calls.index("CopyImage") + 1) < first_wait
+    )
+    # piped: one line per progress change and region, ending at 100 %
+    assert "us-east-1: 100%" in result.stderr and "eu-central-1: 100%" in result.stderr
+
+
+def test_snapshot_reports_its_progress(cli, ec2):
+    made = cli.json("volumes", "create", "--size", "8")
+    result = cli("volumes", "snapshot", made["volume_id"])
+    assert result.exit_code == 0, result.output
+    assert f"snapshot of {made['volume_id']}: 100%" in result.stderr

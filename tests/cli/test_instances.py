@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load as load_agent_config
-from scipioncloud import console, userdata
+from scipioncloud import console, costs, userdata
 from tests.cli.conftest import CIDR, launch
 
 pytestmark = pytest.mark.integration
@@ -179,13 +179,16 @@ def test_resize_stops_modifies_and_starts_in_order(cli, ec2, our_ami, key_pair, 
     order = [c for c in calls if c in ("StopInstances", "ModifyInstanceAttribute", "StartInstances")]
     assert order == ["StopInstances", "ModifyInstanceAttribute", "StartInstances"]
     assert calls.index("DescribeInstanceTypes") < calls.index("StopInstances")
+    found = instance(ec2, launched["instance_id"])
     assert result == {
         "instance_id": launched["instance_id"],
         "old_type": "g4dn.xlarge",
         "type": "g5.xlarge",
         "state": "running",
+        "public_ip": found["PublicIpAddress"],  # the new address, after the restart
+        "ssh": f"ssh -i lab.pem ubuntu@{found['PublicIpAddress']}",
     }
-    assert instance(ec2, launched["instance_id"])["InstanceType"] == "g5.xlarge"
+    assert found["InstanceType"] == "g5.xlarge"
 
 
 def test_resize_keeps_a_stopped_instance_stopped(cli, ec2, our_ami, key_pair, calls):
@@ -213,33 +216,95 @@ def test_resize_rejects_an_unknown_type_without_stopping(cli, ec2, our_ami, key_
     assert instance(ec2, launched["instance_id"])["State"]["Name"] == "running"
 
 
-def test_terminate_refuses_while_data_would_be_lost(cli, ec2, our_ami, key_pair):
+def _devices(ec2, instance_id: str) -> dict[str, str]:
+    found = instance(ec2, instance_id)
+    return {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in found["BlockDeviceMappings"]}
+
+
+def test_terminate_refuses_while_a_data_volume_would_be_lost(cli, ec2, our_ami, key_pair):
     launched = launch(cli, "--data-volume", "200")
-    found = instance(ec2, launched["instance_id"])
-    root = next(m["Ebs"]["VolumeId"] for m in found["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sda1")
-    data = next(m["Ebs"]["VolumeId"] for m in found["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sdf")
+    root = _devices(ec2, launched["instance_id"])["/dev/sda1"]
+    # A data volume someone attached with DeleteOnTermination: terminating would delete its only copy.
+    zone = instance(ec2, launched["instance_id"])["Placement"]["AvailabilityZone"]
+    scratch = ec2.create_volume(Size=50, AvailabilityZone=zone, VolumeType="gp3")["VolumeId"]
+    ec2.attach_volume(VolumeId=scratch, InstanceId=launched["instance_id"], Device="/dev/sdg")
+    ec2.modify_instance_attribute(
+        InstanceId=launched["instance_id"],
+        BlockDeviceMappings=[{"DeviceName": "/dev/sdg", "Ebs": {"DeleteOnTermination": True}}],
+    )
 
     refused = cli("terminate", launched["instance_id"])
     assert refused.exit_code == 1
-    assert f"{root} (/dev/sda1, 100 GB, no snapshot)" in refused.stderr
-    assert data not in refused.stderr  # kept on termination: nothing lost
+    assert f"{scratch} (/dev/sdg, 50 GB, no snapshot)" in refused.stderr
+    assert root not in refused.stderr  # the system disk is made again from the image: no snapshot asked
     assert instance(ec2, launched["instance_id"])["State"]["Name"] == "running"
 
-    snap = cli.json("volumes", "snapshot", root)
+    snap = cli.json("volumes", "snapshot", scratch)
     assert snap["state"] == "completed"
+    data = _devices(ec2, launched["instance_id"])["/dev/sdf"]
     done = cli.json("terminate", launched["instance_id"])
-    assert done["deleted_volumes"] == [root] and done["kept_volumes"] == [data]
+    assert sorted(done["deleted_volumes"]) == sorted([root, scratch]) and done["kept_volumes"] == [data]
     assert done["lost_without_snapshot"] == []
     assert instance(ec2, launched["instance_id"])["State"]["Name"] == "terminated"
     assert ec2.describe_volumes(VolumeIds=[data])["Volumes"][0]["State"] == "available"
     assert done["deleted_security_groups"] == [launched["security_group"]]
+    # what is kept goes on costing money, and the result says how much (eu-west-1 gp3 from the table)
+    per_gb = costs.load_table().regions["eu-west-1"].ebs_per_gb_month["gp3"]
+    assert done["kept_and_billed"] == [
+        {
+            "volume_id": data,
+            "device": "/dev/sdf",
+            "size_gb": 200,
+            "type": "gp3",
+            "monthly_cost": round(200 * per_gb, 2),
+        }
+    ]
+    assert done["kept_monthly_cost"] == round(200 * per_gb, 2)
+
+
+def test_terminate_says_what_is_kept_and_billed_in_text(cli, ec2, our_ami, key_pair):
+    launched = launch(cli, "--data-volume", "300")
+    data = _devices(ec2, launched["instance_id"])["/dev/sdf"]
+    done = cli("terminate", launched["instance_id"])
+    assert done.exit_code == 0, done.output
+    per_gb = costs.load_table().regions["eu-west-1"].ebs_per_gb_month["gp3"]
+    assert f"kept:     {data} (/dev/sdf, 300 GB gp3), still billed ${300 * per_gb:.2f}/month" in done.stdout
+    assert f"scipioncloud volumes delete {data}" in done.stdout
 
 
 def test_terminate_yes_overrides_and_says_what_was_lost(cli, ec2, our_ami, key_pair):
     launched = launch(cli)
+    zone = instance(ec2, launched["instance_id"])["Placement"]["AvailabilityZone"]
+    scratch = ec2.create_volume(Size=20, AvailabilityZone=zone, VolumeType="gp3")["VolumeId"]
+    ec2.attach_volume(VolumeId=scratch, InstanceId=launched["instance_id"], Device="/dev/sdg")
+    ec2.modify_instance_attribute(
+        InstanceId=launched["instance_id"],
+        BlockDeviceMappings=[{"DeviceName": "/dev/sdg", "Ebs": {"DeleteOnTermination": True}}],
+    )
     done = cli.json("terminate", launched["instance_id"], "--yes")
-    assert len(done["lost_without_snapshot"]) == 1
+    assert done["lost_without_snapshot"] == [scratch]
     assert instance(ec2, launched["instance_id"])["State"]["Name"] == "terminated"
+
+
+def test_commands_that_end_or_change_an_instance_act_only_on_ours(cli, ec2, our_ami, key_pair, calls):
+    base = ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
+    name_tag = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "billing-db"}]}]
+    theirs = ec2.run_instances(
+        ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=name_tag
+    )["Instances"][0]["InstanceId"]
+    calls.clear()
+    for args in (
+        ["stop", "billing-db"],
+        ["resize", "billing-db", "--type", "g5.xlarge"],
+        ["terminate", "billing-db", "--yes"],
+    ):
+        refused = cli(*args)
+        assert refused.exit_code == 2, args
+        assert f"{theirs} (billing-db) was not launched by scipioncloud" in refused.stderr
+        assert "--any-instance" in refused.stderr
+    assert not {"StopInstances", "ModifyInstanceAttribute", "TerminateInstances"} & set(calls)
+    assert instance(ec2, theirs)["State"]["Name"] == "running"
+    assert cli.json("stop", "billing-db", "--any-instance")["state"] == "stopped"
 
 
 def test_instances_lists_ours_with_price(cli, ec2, our_ami, key_pair):

@@ -75,7 +75,11 @@ def test_provision_runs_the_playbook_and_summarizes_per_host(tmp_path):
     again = runner.invoke(main, args)  # idempotent playbook: a second run changes nothing
     assert again.exit_code == 0
     assert "TASK Write the marker" in again.stderr
-    assert "provision summary" in again.stdout
+    # piped (not a terminal): a header and one whole line per host, nothing folded
+    assert again.stdout.splitlines() == [
+        "host       ok  changed  failed  unreachable  skipped",
+        "localhost  2   0        0       0            0",
+    ]
 
 
 def test_provision_failure_names_host_task_and_message(tmp_path):
@@ -98,12 +102,42 @@ def test_provision_failure_names_host_task_and_message(tmp_path):
     assert result.exit_code == 1
     assert "error: localhost: task 'Refuse politely' failed: disk /data is full" in result.stderr
     assert "localhost: failed" in result.stderr  # the progress line as it happened
+    as_json = CliRunner().invoke(
+        main,
+        ["provision", "localhost", "--connection", "local", "--playbook", str(bad), "--vars-file",
+         str(vars_file(tmp_path)), "--json"],
+    )  # fmt: skip
+    assert as_json.exit_code == 1
+    report = json.loads(as_json.stdout)  # exactly one document: the error, with the per-host rows
+    assert "Refuse politely" in report["error"] and report["hosts"]["localhost"]["failures"] == 1
+
+
+def test_provision_reports_one_row_per_host_port(tmp_path):
+    # Ansible reads "NAME:PORT" in an inventory as a host and its port; the summary keeps our name, once.
+    result = provision.run(
+        ["localhost:22"],
+        playbook=playbook(tmp_path, GOOD),
+        connection="local",
+        extravars={"out_dir": str(tmp_path)},
+        vars_files=(vars_file(tmp_path),),
+    )
+    assert result.ok, result.failures
+    assert list(result.hosts) == ["localhost:22"]
+    assert result.hosts["localhost:22"]["changed"] == 1
+
+
+def test_provision_works_from_any_folder_with_the_packaged_roles(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no roles/ here
+    assert provision.DEFAULT_PLAYBOOK.is_file()
+    assert provision.image_vars(provision.DEFAULT_PLAYBOOK, "scipion-desktop")[0].is_file()
+    check = CliRunner().invoke(main, ["provision", "localhost", "--image", "scipion-nope"])
+    assert check.exit_code == 2 and "unknown image 'scipion-nope'" in check.stderr
 
 
 def test_provision_unreachable_host_is_named(tmp_path):
     result = provision.run(
         ["127.0.0.1"],
-        playbook(tmp_path, GOOD),
+        playbook=playbook(tmp_path, GOOD),
         user="nobody-here",
         key_file=None,
         extravars={"out_dir": str(tmp_path)},
@@ -116,7 +150,7 @@ def test_provision_unreachable_host_is_named(tmp_path):
 
 def test_provision_rejects_bad_input(tmp_path):
     with pytest.raises(BadInput, match="does not exist"):
-        provision.run(["localhost"], tmp_path / "missing.yml")
+        provision.run(["localhost"], playbook=tmp_path / "missing.yml")
     with pytest.raises(BadInput, match="not a host name"):
         provision.build_inventory(["a b; rm -rf /"], "ubuntu", None)
     result = CliRunner().invoke(main, ["provision", "localhost", "--playbook", str(tmp_path / "nope.yml")])
@@ -134,7 +168,8 @@ def test_provision_rejects_bad_input(tmp_path):
     ],
 )
 def test_hosts_may_name_an_ssh_port(host, address, port):
-    entry = provision.build_inventory([host], "ubuntu", None)["all"]["hosts"][host]
+    entry = provision.build_inventory([host], "ubuntu", None)["all"]["hosts"][provision.inventory_name(host)]
+    assert ":" not in provision.inventory_name(host)  # Ansible would read NAME:PORT as a second host
     assert entry["ansible_host"] == address
     assert entry.get("ansible_port") == port
 
@@ -154,7 +189,7 @@ def test_provision_passes_the_image_vars_file(tmp_path):
         ).read_text()
     )
     (tmp_path / "images" / "scipion-compute.yml").write_text(f"flavour: headless\nout_dir: {tmp_path}\n")
-    result = provision.run(["localhost"], site, image="scipion-compute", connection="local")
+    result = provision.run(["localhost"], playbook=site, image="scipion-compute", connection="local")
     assert result.ok, result.failures
     assert (tmp_path / "marker").read_text() == "flavour=headless\n"
     bad = CliRunner().invoke(

@@ -3,6 +3,7 @@ before anything costs money, and a Packer failure says where the full log is."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,7 +37,35 @@ def test_no_credentials_stops_before_packer(tmp_path, moto_server):
     done = run(["scipion-desktop", "--region", "eu-west-1"], env, tmp_path)
     assert done.returncode != 0
     assert "no AWS credentials found" in done.stderr and "AWS_PROFILE" in done.stderr
+    assert "`make rehearse` bakes the same image offline" in done.stderr and "minutes" in done.stderr
     assert not (tmp_path / "build").exists()  # nothing built, no Packer log
+    as_json = run(["scipion-desktop", "--region", "eu-west-1", "--json"], env, tmp_path)
+    assert as_json.returncode == 1
+    assert (
+        "no AWS credentials found" in json.loads(as_json.stdout)["error"]
+    )  # one document, like every command
+
+
+def test_bake_takes_the_options_every_command_takes():
+    from click.testing import CliRunner
+
+    from scipioncloud.cli import main
+
+    help_text = CliRunner().invoke(main, ["bake", "--help"]).output
+    for option in ("--json", "--region", "--profile"):
+        assert option in help_text
+
+
+def test_bake_leaves_the_process_path_alone(tmp_path, aws_env, monkeypatch):
+    """The Packer driver hands Packer the venv's ansible-playbook as a variable; PATH stays as it was."""
+    from scipioncloud import bake as driver
+
+    before = os.environ["PATH"]
+    with pytest.raises(driver.BakeError):
+        driver.run_packer(driver.packer_path(), "validate", REPO / "packer", tmp_path / "log", False,
+                          var={"ansible_playbook": driver.ansible_playbook()})  # fmt: skip
+    assert os.environ["PATH"] == before
+    assert driver.ansible_playbook() == str(Path(sys.executable).parent / "ansible-playbook")
 
 
 def test_disabled_copy_region_stops_before_packer(tmp_path, aws_env):
@@ -86,3 +115,28 @@ def test_source_ami_filter_finds_the_latest_canonical_base(aws_env, version, cod
     newest = max(images, key=lambda i: i["CreationDate"])
     assert all(f"ubuntu-{codename}-{version}-amd64-server-" in i["Name"] for i in images), images
     assert newest["Name"].endswith({"22.04": "20241002", "24.04": "20241119"}[version])
+
+
+def test_gpu_quota_is_checked_before_packer(tmp_path, aws_env, monkeypatch):
+    """A new account at 0 G-family vCPUs hears it before any Packer step (quota answered by a Stubber:
+    Service Quotas is not in the emulator)."""
+    from botocore.stub import Stubber
+
+    from scipioncloud import bake as driver
+    from scipioncloud.aws import Aws
+    from scipioncloud.errors import OperationFailed
+
+    aws = Aws("eu-west-1")
+    stub = Stubber(aws.client("service-quotas"))
+    stub.add_response(
+        "get_service_quota",
+        {"Quota": {"ServiceCode": "ec2", "QuotaCode": "L-DB2E81BA", "Value": 0.0}},
+        {"ServiceCode": "ec2", "QuotaCode": "L-DB2E81BA"},
+    )
+    stub.activate()
+    image = driver.find_image(REPO, "scipion-desktop")
+    with pytest.raises(OperationFailed) as refused:
+        driver.bake(aws, REPO, image, region="eu-west-1", copy_to=[], overrides={}, out_dir=tmp_path / "b")
+    assert "needs 4 vCPUs of the 'G and VT' on-demand quota" in str(refused.value)
+    assert "request-service-quota-increase" in str(refused.value)
+    assert not (tmp_path / "b").exists()  # no wheel, no Packer log

@@ -15,7 +15,14 @@ import requests
 
 from agent.desktop.session import server_pid
 from tests.support import rfb_client
-from tests.support.desktop import CHROMIUM_FLAGS, SESSION_RGB, DesktopStack, colour_fraction, screenshot
+from tests.support.desktop import (
+    CHROMIUM_FLAGS,
+    SESSION_RGB,
+    DesktopStack,
+    colour_fraction,
+    run_watching_command_lines,
+    screenshot,
+)
 
 pytestmark = pytest.mark.integration
 RED = (0xC0, 0x20, 0x20)
@@ -48,6 +55,14 @@ def wait_new_server(stack: DesktopStack, old: int | None, timeout: float = 30) -
     raise AssertionError(f"no new VNC server on :{stack.display} within {timeout} s")
 
 
+def window_manager_ready(env: dict[str, str]) -> bool:
+    """Does a window manager manage the display's screen (EWMH: _NET_SUPPORTING_WM_CHECK on the root)?"""
+    probe = subprocess.run(
+        ["xprop", "-root", "_NET_SUPPORTING_WM_CHECK"], env=env, capture_output=True, text=True, timeout=10
+    )
+    return probe.returncode == 0 and "window id" in probe.stdout
+
+
 def test_first_boot_writes_console_line_and_private_files(stack):
     line = (stack.root / "console").read_text().strip().splitlines()[-1]
     match = re.fullmatch(r"SCIPIONCLOUD-DESKTOP url=https://(\S+):(\d+)/ password=(\S{8})", line)
@@ -78,7 +93,9 @@ def test_desktop_state_reports_the_session(stack):
 
 
 def test_novnc_over_https_shows_the_desktop(stack, tmp_path):
-    png = screenshot(stack.novnc_url(stack.password), tmp_path / "desktop.png", expect=SESSION_RGB)
+    png = screenshot(
+        stack.novnc_url(stack.password), tmp_path / "desktop.png", expect=SESSION_RGB, login=stack.login
+    )
     assert colour_fraction(png, SESSION_RGB) > 0.3
 
 
@@ -96,8 +113,15 @@ def test_vnc_listens_on_loopback_only(stack):
 
 def test_logout_brings_a_fresh_session(stack, tmp_path):
     env = {**os.environ, "DISPLAY": f":{stack.display}", "XAUTHORITY": str(stack.home / ".Xauthority")}
+    # Paint only once the session has painted its own colour (its openbox --startup), or red is overwritten.
+    first = screenshot(
+        stack.novnc_url(stack.password), tmp_path / "first.png", expect=SESSION_RGB, login=stack.login
+    )
+    assert colour_fraction(first, SESSION_RGB) > 0.3
     subprocess.run(["xsetroot", "-solid", "rgb:c0/20/20"], env=env, check=True, timeout=10)
-    before = screenshot(stack.novnc_url(stack.password), tmp_path / "before.png", expect=RED)
+    before = screenshot(
+        stack.novnc_url(stack.password), tmp_path / "before.png", expect=RED, login=stack.login
+    )
     assert colour_fraction(before, RED) > 0.3  # the change is visible: this is the old session
 
     old = server_pid(stack.display)
@@ -107,7 +131,9 @@ def test_logout_brings_a_fresh_session(stack, tmp_path):
     assert body["previous_server_pid"] == old and body["server_pid"] not in (None, old)
     assert body["rfb"].startswith("RFB 003.00")
 
-    after = screenshot(stack.novnc_url(stack.password), tmp_path / "after.png", expect=SESSION_RGB)
+    after = screenshot(
+        stack.novnc_url(stack.password), tmp_path / "after.png", expect=SESSION_RGB, login=stack.login
+    )
     assert colour_fraction(after, RED) < 0.01
     assert colour_fraction(after, SESSION_RGB) > 0.3
 
@@ -116,12 +142,20 @@ def test_logout_from_the_desktop_menu_brings_a_fresh_session(stack):
     # What "Log out" in the desktop's own menu does: the session program ends by itself.
     old = server_pid(stack.display)
     env = {**os.environ, "DISPLAY": f":{stack.display}", "XAUTHORITY": str(stack.home / ".Xauthority")}
-    # The message reaches openbox only once it manages the screen: ask again until the session ends.
+    # The message reaches openbox only once it manages the screen, which it announces on the root window.
+    # Ask once, then: asking again could reach a server already gone, or the fresh session's openbox.
     deadline = time.monotonic() + 15
-    while server_pid(stack.display) == old and time.monotonic() < deadline:
-        subprocess.run(["openbox", "--exit"], env=env, check=True, timeout=10)
-        time.sleep(0.5)
-    assert wait_new_server(stack, old) != old
+    while not window_manager_ready(env):
+        assert time.monotonic() < deadline, "openbox never managed the screen"
+        time.sleep(0.1)
+    assert server_pid(stack.display) == old
+    # Its exit status says little: when openbox acts at once, the session ends and the X server closes
+    # this very client's connection before it is done (XIO error, status 1). The fresh session decides.
+    asked = subprocess.run(["openbox", "--exit"], env=env, capture_output=True, text=True, timeout=10)
+    try:
+        assert wait_new_server(stack, old) != old
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; openbox --exit said ({asked.returncode}): {asked.stderr}") from None
 
 
 def test_logout_ends_programs_that_left_the_session(stack):
@@ -145,11 +179,14 @@ def test_the_desktop_launcher_logs_out_through_the_agent(stack):
     helper = render("desktop-logout.j2", stack.vars, stack.root / "desktop-logout")
     assert f"Exec=sudo -n {stack.vars['desktop_libexec_dir']}/desktop-logout" in launcher
     old = server_pid(stack.display)
-    result = subprocess.run(["sh", str(helper)], capture_output=True, text=True, timeout=120)
+    # Every user may read /proc/PID/cmdline: watch them all while the real helper runs.
+    result = run_watching_command_lines(["sh", str(helper)], stack.agent.token)
     assert result.returncode == 0, result.stderr
     assert '"status":"restarted"' in result.stdout.replace(" ", "")
     assert server_pid(stack.display) not in (None, old)
     assert stack.agent.token not in result.stdout + result.stderr
+    assert "curl" in result.programs  # the scan ran while the helper talked to the agent
+    assert result.leaks == [], f"the agent token is on these command lines: {result.leaks}"
 
 
 def test_twenty_logouts_in_a_row(stack):
@@ -265,6 +302,6 @@ def test_wrong_password_is_refused(stack, tmp_path):
     wrong = "x" + stack.password[1:] if stack.password[0] != "x" else "y" + stack.password[1:]
     with pytest.raises(rfb_client.VncRefused):
         rfb_client.connect(stack.vnc_port, wrong)
-    png = screenshot(stack.novnc_url(wrong), tmp_path / "wrong.png", timeout=6)
+    png = screenshot(stack.novnc_url(wrong), tmp_path / "wrong.png", timeout=6, login=stack.login)
     assert colour_fraction(png, SESSION_RGB) < 0.01
     # Xvnc now holds back 127.0.0.1 for a while (its blacklist after failures): a wrong guess costs time.

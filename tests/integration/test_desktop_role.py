@@ -67,6 +67,7 @@ def test_role_installs_the_desktop(provisioned, vnc_repo):
     assert os.access(session, os.X_OK)
     env = (root / "etc/scipioncloud/desktop.env").read_text()
     assert "DESKTOP_XVNC=/opt/TurboVNC/bin/Xvnc" in env and "-localhost" in env
+    assert "-maxauthfails 0" in env  # nginx's password is the gate: no per-address lockout in Xvnc
     assert "DESKTOP_VNC_PORT=5901" in env and 'DESKTOP_SESSION_CMD="startxfce4"' in env
     # desktop and web pieces from the distribution
     for binary in ("usr/bin/startxfce4", "usr/bin/websockify", "usr/sbin/nginx", "usr/share/novnc/vnc.html"):

@@ -78,7 +78,15 @@ def test_host_reports_this_machine_and_the_instance_identity(reporting_agent):
 
 def test_idle_route_over_http(reporting_agent):
     body = reporting_agent.get("/v1/idle").json()
-    assert {s["name"] for s in body["signals"]} == {"gpu", "cpu", "desktop"}  # desktop: VNC viewers
+    assert {s["name"] for s in body["signals"]} == {
+        "gpu",
+        "cpu",
+        "scipion",
+        "slurm",
+        "agent_jobs",
+        "ssh",
+        "desktop_input",
+    }
     assert body["window_s"] == 30 * 60 and body["idle"] is False
 
 

@@ -2,8 +2,10 @@
 (binaries off) on top of roles/cuda from the local vendor repository, Scipion's Python from the role's own
 Miniforge (the installer's stand-in on 127.0.0.1, tests/support/conda_standin.py). The plugins' binary
 targets go through the role's scipion-installb with the real scipion-app and plugin code. Then the Slurm
-queue of the role's hosts.conf: Scipion's own code (pyworkflow's HostConfig, inside the root) fills
-SUBMIT_TEMPLATE exactly as it does for a protocol, and the job runs on a local slurmctld + slurmd + munge."""
+queue of the role's hosts.conf (generated from scipion_slurm_queues, owned by root): Scipion's own code
+(pyworkflow's HostConfig, inside the root) fills SUBMIT_TEMPLATE exactly as it does for a protocol, and the
+job runs on a local slurmctld + slurmd + munge. The multi-node Scipion queue tests are in
+test_scipion_slurm.py."""
 
 from __future__ import annotations
 
@@ -259,15 +261,28 @@ def test_an_interactive_plugin_fails_loudly_and_never_hangs(scipion_root):
 
 def test_desktop_user_owns_the_writable_parts(scipion_root):
     root, _, _ = scipion_root
-    for path in (
-        "/opt/scipion/config/scipion.conf",
-        "/opt/scipion/config/hosts.conf",
-        "/opt/scipion/software/em",
-    ):
+    for path in ("/opt/scipion/config/scipion.conf", "/opt/scipion/software/em"):
         owner = rootfs.run_in_root(root, "stat", "-c", "%U", path).stdout.strip()
         assert owner == "ubuntu", path
     # the plugin manager writes there as the desktop user
     assert as_user(root, "touch", "/opt/scipion/software/em/.writable").returncode == 0
+    # hosts.conf is root's: neither the user nor pyworkflow's test helpers can rewrite the queues
+    owner = rootfs.run_in_root(root, "stat", "-c", "%U %a", "/opt/scipion/config/hosts.conf").stdout.split()
+    assert owner == ["root", "644"]
+    assert as_user(root, "touch", "/opt/scipion/config/hosts.conf").returncode != 0
+
+
+def test_cluster_check_plugin_imports_in_scipion(scipion_root):
+    root, _, _ = scipion_root
+    result = as_user(
+        root,
+        SCIPION,
+        "python",
+        "-c",
+        "import scipioncloudcheck.protocols as p; print(p.ProtClusterCheck._label)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cluster check" in result.stdout
 
 
 def test_launcher_uses_the_data_volume_and_virtualgl(scipion_root):
@@ -324,7 +339,8 @@ def test_slurm_queue_template_runs_a_job_as_scipion_submits_it(scipion_root, tmp
     assert job["name"] == "SLURM" and job["queues"] == ["gpu"]
     script = Path(protocol["JOB_SCRIPT"])
     script.write_text(job["script"])
-    assert "#SBATCH --gres=gpu:1" in job["script"] and "#SBATCH --mem=500" in job["script"]
+    assert "#SBATCH --gres=gpu:1" in job["script"] and "#SBATCH --mem=1000" in job["script"]
+    assert "#SBATCH --nodes=1" in job["script"]
     assert shlex.split(job["submit"]) == ["sbatch", str(script)]
 
     with LocalSlurm(tmp_path / "slurm") as cluster:
@@ -334,6 +350,10 @@ def test_slurm_queue_template_runs_a_job_as_scipion_submits_it(scipion_root, tmp
         details = cluster.run("scontrol", "show", "job", job_id).stdout
     assert "scipion-job-ok cpus=2 tasks=1" in (tmp_path / "result.txt").read_text()
     out = Path(protocol["JOB_LOGS"] + ".out").read_text()
-    assert f"Job {job_id} on " in out and "GPUs: 0" in out
+    assert f"Scipion job {job_id} on " in out and "GPUs: 0" in out
     assert Path(protocol["JOB_NODEFILE"]).read_text().strip() == NODE
-    assert "JobName=42" in details and "TimeLimit=01:00:00" in details and "MinMemoryNode=500M" in details
+    assert (
+        "JobName=scipion42" in details
+        and "TimeLimit=01:00:00" in details
+        and "MinMemoryNode=1000M" in details
+    )

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -119,11 +120,16 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 def screenshot(
-    url: str, out: Path, expect: tuple[int, int, int] | None = None, timeout: float = 15.0
+    url: str,
+    out: Path,
+    expect: tuple[int, int, int] | None = None,
+    timeout: float = 15.0,
+    login: tuple[str, str] | None = None,
 ) -> Path:
-    """noVNC in headless Chromium (driven by Playwright; the system's Chromium, no download): open `url`,
-    wait until noVNC says connected, then screenshot, again and again until `expect` covers a third of
-    the page or `timeout` passes (a fresh session paints its background a moment after Xvnc answers)."""
+    """noVNC in headless Chromium (driven by Playwright; the system's Chromium, no download): open `url`
+    (answering nginx's password prompt with `login`, as a user types it), wait until noVNC says connected,
+    then screenshot, again and again until `expect` covers a third of the page or `timeout` passes (a
+    fresh session paints its background a moment after Xvnc answers)."""
     from playwright.sync_api import sync_playwright
 
     deadline = time.monotonic() + timeout
@@ -134,6 +140,7 @@ def screenshot(
             args=CHROMIUM_FLAGS,
             ignore_https_errors=True,
             viewport={"width": 1024, "height": 768},
+            http_credentials={"username": login[0], "password": login[1]} if login else None,
         )
         try:
             page = browser.new_page()
@@ -168,6 +175,47 @@ def colour_fraction(png: Path, rgb: tuple[int, int, int], tolerance: int = 6) ->
     return near / count
 
 
+@dataclass
+class WatchedRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    programs: set[str]  # the basename of argv[0] of every process seen while the command ran
+    leaks: list[str]  # "pid argv0" of each process whose command line held the secret
+
+
+def run_watching_command_lines(args: list[str], secret: str, timeout: float = 120.0) -> WatchedRun:
+    """Run `args` and read every process's /proc/PID/cmdline (what any user may read) again and again until
+    it ends: which programs ran, and which of them carried `secret` on their command line."""
+    needle = secret.encode()
+    programs: set[str] = set()
+    leaks: list[str] = []
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        deadline = time.monotonic() + timeout
+        while True:
+            finished = process.poll() is not None  # one last scan after the end: nothing is missed
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    raw = Path(entry.path, "cmdline").read_bytes()
+                except OSError:  # ended meanwhile
+                    continue
+                argv0 = os.path.basename(raw.split(b"\0", 1)[0].decode(errors="replace"))
+                programs.add(argv0)
+                if needle in raw and f"{entry.name} {argv0}" not in leaks:
+                    leaks.append(f"{entry.name} {argv0}")
+            if finished:
+                break
+            if time.monotonic() > deadline:
+                processes.stop(process)
+                raise TimeoutError(f"{args} still ran after {timeout:g} s")
+        out.seek(0)
+        err.seek(0)
+        return WatchedRun(process.returncode, out.read().decode(), err.read().decode(), programs, leaks)
+
+
 def _closed_port() -> int:
     # Nothing listens here: the first-boot script finds no instance metadata, as off EC2.
     from tests.conftest import free_port
@@ -179,11 +227,12 @@ class DesktopStack:
     """The role's pieces running for real, rendered for a temp dir: first-boot secrets, the session (run
     by the agent, which supervises it where systemd is not PID 1), websockify, nginx with TLS."""
 
-    def __init__(self, root: Path, *, nginx: bool = True) -> None:
+    def __init__(self, root: Path, *, nginx: bool = True, agent_sections: dict | None = None) -> None:
         from tests.conftest import free_port
 
         self.root = root
         self.with_nginx = nginx
+        self.agent_sections = agent_sections or {}  # more agent.toml sections (e.g. a short idle window)
         self.display = free_display()
         self.vnc_port, self.ws_port, self.agent_port = free_port(), free_port(), free_port()
         self.https_port, self.http_port = free_port(), free_port()
@@ -257,6 +306,7 @@ class DesktopStack:
                 "info_file": self.vars["desktop_info_file"],
                 "websockify": self.vars["desktop_websockify_listen"],
             },
+            **self.agent_sections,
         )
 
     def _spawn(self, name: str, args: list[str], **kw) -> subprocess.Popen:
@@ -279,7 +329,10 @@ class DesktopStack:
             ("user root;\n" if os.geteuid() == 0 else "")
             + f"worker_processes 1;\ndaemon off;\npid {conf_dir / 'nginx.pid'};\n"
             + f"error_log {conf_dir / 'error.log'};\nevents {{}}\n"
-            + f"http {{\n include /etc/nginx/mime.types;\n access_log {conf_dir / 'access.log'};\n {temp}\n"
+            + "http {\n include /etc/nginx/mime.types;\n"
+            + " log_format desktop_test '$remote_addr $request_method $request_uri $status"
+            + " upstream=$upstream_addr site=$http_sec_fetch_site origin=$http_origin';\n"
+            + f" access_log {conf_dir / 'access.log'} desktop_test;\n {temp}\n"
             + f" include {conf_dir / 'site.conf'};\n}}\n"
         )
         check = subprocess.run(
@@ -353,6 +406,21 @@ class DesktopStack:
         for log in self.logs:
             log.close()
         self.logs.clear()
+
+    def access_log(self) -> list[dict[str, str]]:
+        """nginx's access log of this stack, one dict per request (the wrapper's desktop_test format)."""
+        entries = []
+        for line in (self.root / "nginx" / "access.log").read_text().splitlines():
+            address, method, uri, status, *fields = line.split(" ")
+            entry = {"address": address, "method": method, "uri": uri, "status": status}
+            entry.update(field.split("=", 1) for field in fields)
+            entries.append(entry)
+        return entries
+
+    @property
+    def login(self) -> tuple[str, str]:
+        """What the user types at the browser's password prompt (nginx basic auth)."""
+        return self.user, self.password
 
     def novnc_url(self, password: str) -> str:
         return (

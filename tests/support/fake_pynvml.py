@@ -8,11 +8,13 @@ bytes) and error numbers as nvml.h, so the agent's wrapper runs unchanged. Subst
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
@@ -22,6 +24,7 @@ NVML_ERROR_UNKNOWN = 999
 
 _MESSAGES = {
     NVML_ERROR_NOT_SUPPORTED: "Not Supported",
+    NVML_ERROR_NOT_FOUND: "Not Found",
     NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
     NVML_ERROR_TIMEOUT: "Timeout",
     NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
@@ -57,6 +60,7 @@ class FakeGpu:
     sm_clock: int = 1710
     mem_clock: int = 6251
     processes: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, bytes or None)
+    process_util: dict[int, int] = field(default_factory=dict)  # pid -> SM utilisation % of its samples
     unsupported: set[str] = field(default_factory=set)  # pynvml function names that raise NotSupported
     lost: bool = False  # every call on this GPU raises GpuIsLost
     events: deque = field(default_factory=deque)
@@ -182,6 +186,18 @@ class FakePynvml:
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeGpu):
         self._gpu(handle, "nvmlDeviceGetGraphicsRunningProcesses")
         return []
+
+    def nvmlDeviceGetProcessUtilization(self, handle: FakeGpu, timeStamp: int):
+        """nvml.h: samples newer than timeStamp (us) as nvmlProcessUtilizationSample_t; NVML_ERROR_NOT_FOUND
+        (6) when there is none."""
+        gpu = self._gpu(handle, "nvmlDeviceGetProcessUtilization")
+        now_us = int(time.time() * 1e6)
+        if not gpu.process_util or now_us <= timeStamp:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return [
+            SimpleNamespace(pid=pid, timeStamp=now_us, smUtil=util, memUtil=0, encUtil=0, decUtil=0)
+            for pid, util in gpu.process_util.items()
+        ]
 
     def nvmlEventSetCreate(self):
         self._enter()

@@ -49,12 +49,12 @@ class MotoServer:
         processes.stop(self.process)
 
 
-def start(log_path: Path) -> MotoServer:
+def start(log_path: Path, extra_env: dict[str, str] | None = None) -> MotoServer:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    env = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), **FAKE_CREDENTIALS}
+    env = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), **FAKE_CREDENTIALS, **(extra_env or {})}
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env

@@ -166,6 +166,13 @@ def test_idle_rule_hears_the_desktop(tmp_path, auth):
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         config = from_dict(agent_config_dict(tmp_path, desktop={"port": server.getsockname()[1]}))
+        # by default input counts, not a connection
+        assert "desktop" not in create_app(config, token=TOKEN).extensions[idle.SIGNALS]
+        config = from_dict(
+            agent_config_dict(
+                tmp_path, desktop={"port": server.getsockname()[1]}, idle={"watch_vnc_viewers": True}
+            )
+        )
         app = create_app(config, token=TOKEN)
         signal = app.extensions[idle.SIGNALS]["desktop"]
         assert signal() == idle.Signal(False, "no VNC viewer connected")

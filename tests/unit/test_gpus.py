@@ -76,8 +76,10 @@ def test_one_gpu_reports_every_field_in_its_unit(make_app):
                 "name": Path(f"/proc/{os.getpid()}/comm").read_text().strip(),
                 "user": getpass.getuser(),
                 "memory_used_bytes": 512 * 2**20,
+                "compute": True,
             }
         ],
+        "process_sm_util_pct": {},  # no process sample since the last sweep (NVML_ERROR_NOT_FOUND)
         "last_xid": None,
     }
 
@@ -125,7 +127,7 @@ def test_processes_null_when_unsupported_and_memory_null_when_not_available(make
     gone_pid = 2**22 + 17  # above pid_max's default: no such process
     body = sample(make_app(FakePynvml([FakeGpu(processes=[(gone_pid, None)])])))
     assert body["gpus"][0]["processes"] == [
-        {"pid": gone_pid, "name": None, "user": None, "memory_used_bytes": None}
+        {"pid": gone_pid, "name": None, "user": None, "memory_used_bytes": None, "compute": True}
     ]
 
 

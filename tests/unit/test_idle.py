@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import subprocess
 import sys
 import time
 
@@ -235,7 +238,15 @@ def test_route_reports_builtin_signals(builtin):
     app = builtin(FakePynvml([FakeGpu(gpu_util=50)]))
     body = app.test_client().get("/v1/idle", headers=AUTH).json
     assert body["idle"] is False
-    assert [s["name"] for s in body["signals"]] == ["gpu", "cpu", "desktop"]  # desktop: VNC viewers
+    assert [s["name"] for s in body["signals"]] == [
+        "gpu",
+        "cpu",
+        "scipion",
+        "slurm",
+        "agent_jobs",
+        "ssh",
+        "desktop_input",
+    ]
     assert body["window_s"] == 30 * 60 and body["action"]["kind"] == "none"
     assert any(r.startswith("gpu: GPU 0 at 50%") for r in body["reasons"])
 
@@ -294,3 +305,136 @@ def test_requests_read_the_running_monitor_instead_of_probing(tmp_path, monkeypa
         monitor.stop()
     client.get("/v1/idle", headers=auth)
     assert len(calls) == 2
+
+
+# -- decisions: stay, warn, stop; keep running; hibernate --------------------------------------------
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, str, float]] = []
+        self.last_result = None
+        self.keep = None
+
+    def warn(self, title, body, expire_s, on_keep) -> None:
+        self.warnings.append((title, body, expire_s))
+        self.keep = on_keep
+
+
+def test_each_decision_is_logged_once_with_its_signals(setup, caplog):
+    app, monitor, clock, marker = setup(action="poweroff", window_min=30, grace_min=10)
+    monitor.notifier = RecordingNotifier()
+    signal = Switch(busy=True)
+    idle.register_signal(app, "gpu", signal)
+    caplog.set_level("INFO", logger="agent.idle")
+
+    def decisions():
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("idle decision")]
+
+    for _ in range(3):
+        monitor.check()
+    assert decisions() == ["idle decision: stay (gpu: switched busy)"]
+    signal.busy = False
+    clock.now += 30 * 60 + 1
+    monitor.check()  # quiet since this look: the window starts now
+    clock.now += 30 * 60
+    state = monitor.check()
+    assert state["decision"]["decision"] == "warn" and state["warning"]["active"] is True
+    assert state["warning"]["seconds_left"] == 600
+    assert monitor.notifier.warnings and "poweroff in about 10 min" in monitor.notifier.warnings[0][1]
+    clock.now += 60
+    monitor.check()
+    assert len(monitor.notifier.warnings) == 1  # warned once per stretch
+    assert [m.split(" (")[0] for m in decisions()] == ["idle decision: stay", "idle decision: warn"]
+    assert decisions()[-1].startswith("idle decision: warn (poweroff in 600 s unless someone keeps it")
+    clock.now += 9 * 60
+    state = monitor.check()
+    assert state["decision"]["decision"] == "stop" and marker.exists()
+    assert decisions()[-1] == "idle decision: stop (gpu: switched idle)"
+    assert [d["decision"] for d in state["decision"]["history"]][-2:] == ["warn", "stop"]
+
+
+def test_keep_running_postpones_through_http(setup):
+    app, monitor, clock, marker = setup(action="poweroff", window_min=30, grace_min=10)
+    idle.register_signal(app, "a", Switch())
+    client = app.test_client()
+    monitor.check()
+    clock.now += 31 * 60
+    assert monitor.check()["decision"]["decision"] == "warn"
+    for bad in (
+        {"minutes": 0},
+        {"minutes": "soon"},
+        {"minutes": True},
+        {"minutes": 10**6},
+        {"minutes": None},
+    ):
+        answer = client.post("/v1/idle/postpone", json=bad, headers=AUTH)
+        assert answer.status_code == 400 and "minutes must be" in answer.json["error"]
+    extra = client.post("/v1/idle/postpone", json={"minutes": 5, "until": "never"}, headers=AUTH)
+    assert extra.status_code == 400 and "unknown field(s): until" in extra.json["error"]
+    body = client.post("/v1/idle/postpone", json={"minutes": 45}, headers=AUTH).json
+    assert body["postponed_until"] == gpus.iso(clock.now + 45 * 60)
+    assert body["decision"]["decision"] == "stay"
+    assert body["decision"]["reasons"][0].startswith("postponed until")
+    clock.now += 44 * 60
+    assert monitor.check()["decision"]["decision"] == "stay" and not marker.exists()
+    clock.now += 61
+    assert monitor.check()["decision"]["decision"] == "warn"  # a fresh warning after the postponement
+    assert client.post("/v1/idle/postpone", headers=AUTH).json["postponed_until"] == gpus.iso(
+        clock.now + 60 * 60  # idle.postpone_min
+    )
+
+
+def test_the_desktop_warning_button_postpones(setup):
+    app, monitor, clock, _ = setup(action="poweroff", window_min=1, grace_min=5)
+    monitor.notifier = RecordingNotifier()
+    idle.register_signal(app, "a", Switch())
+    monitor.check()
+    clock.now += 61
+    assert monitor.check()["decision"]["decision"] == "warn"
+    monitor.notifier.keep()  # what the notification's "Keep running" runs
+    assert monitor.last["decision"]["decision"] == "stay" and monitor.last["postponed_until"]
+
+
+@pytest.mark.parametrize(
+    ("offers", "expected", "why"),
+    [
+        ("freeze mem disk\n", "hibernated", "hibernate (the kernel offers suspend to disk)"),
+        ("freeze mem\n", "powered-off", "hibernation not supported here"),
+    ],
+)
+def test_hibernate_only_where_the_kernel_offers_it(tmp_path, offers, expected, why):
+    state = tmp_path / "power-state"
+    state.write_text(offers)
+    config = from_dict(
+        agent_config_dict(
+            tmp_path,
+            idle={
+                "action": "hibernate",
+                "power_state_file": str(state),
+                "hibernate_command": f"touch {tmp_path / 'hibernated'}",
+                "poweroff_command": f"touch {tmp_path / 'powered-off'}",
+            },
+        )
+    ).idle
+    command, reason = idle.power_action(config)
+    assert why in reason
+    subprocess.run(shlex.split(command), check=True)
+    assert (tmp_path / expected).exists()
+
+
+def test_a_stop_is_remembered_for_the_savings(setup, tmp_path):
+    app, monitor, clock, marker = setup(action="poweroff", window_min=1, grace_min=0)
+    monitor.state_dir = tmp_path / "state"
+    idle.register_signal(app, "a", Switch())
+    monitor.check()
+    clock.now += 61
+    monitor.check()
+    assert marker.exists()
+    stops = json.loads((tmp_path / "state" / idle.STOPS_FILE).read_text())
+    assert stops == [{"stopped_at": clock.now, "action": "poweroff"}]
+
+
+def test_stop_is_poweroff_with_shutdown_behaviour_stop(tmp_path):
+    config = from_dict(agent_config_dict(tmp_path, idle={"action": "stop", "poweroff_command": "true"})).idle
+    assert idle.power_action(config) == ("true", "poweroff (shutdown behaviour stop)")

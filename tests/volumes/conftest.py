@@ -36,9 +36,13 @@ def sectors_read(device: str) -> int:
 
 def mounts_under(folder: Path) -> list[str]:
     targets = []
-    with open("/proc/self/mountinfo") as handle:
+    with open("/proc/self/mountinfo", newline="\n") as handle:  # lines end at \n only
         for line in handle:
-            target = line.split()[4].replace("\\040", " ")
+            # Fields are separated by single spaces; str.split() would also split at U+2028, \x85...
+            # inside a path, and a failing test would leave its mount (and loop device) behind.
+            target = line.rstrip("\n").split(" ")[4]
+            for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+                target = target.replace(escaped, char)
             if target == str(folder) or target.startswith(str(folder) + "/"):
                 targets.append(target)
     return targets

@@ -9,7 +9,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from agent import aws_volumes, blockdev, prewarm
+from agent import aws_volumes
+from agent.volumes import blockdev, prewarm
 from tests.volumes.conftest import needs_root, sectors_read
 
 VOLUME = "vol-0123456789abcdef0"
@@ -70,7 +71,9 @@ def test_an_aws_that_cannot_answer_is_silently_skipped(aws_env):
     """The moto server is real HTTP with credentials: its NotImplemented answer must not break a job."""
     started = time.monotonic()
     assert aws_volumes.initialization_status(VOLUME, timeout=2) is None
-    assert time.monotonic() - started < 5
+    # a bound against a retry loop or a hang, not a speed figure: client start-up alone took 5.5 s once
+    # on a loaded 2-core machine
+    assert time.monotonic() - started < 30
 
 
 @needs_root

@@ -1,12 +1,13 @@
 """The agent's fstab lines: one per volume, others' lines untouched, atomic replacement checked by findmnt,
 and a crash at every step leaving a valid fstab."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from agent import fstab
+from agent.volumes import fstab
 from tests.volumes.conftest import needs_root, sh
 
 HUMAN = "# written by a person\ntmpfs /scratch tmpfs defaults 0 0\n"
@@ -74,7 +75,7 @@ def test_crash_at_every_step_leaves_old_or_new_valid_fstab(tmp_path, formatted, 
     new = fstab.with_entry(old, fstab.Entry(uuid, mountpoint, "ext4", "loop-test"))
     # A real process that dies (os._exit: no cleanup, no finally) right after `step`.
     code = (
-        "import os, sys; from pathlib import Path; from agent import fstab\n"
+        "import os, sys; from pathlib import Path; from agent.volumes import fstab\n"
         "fstab.replace(Path(sys.argv[1]), sys.argv[2],"
         " step=lambda name: os._exit(9) if name == sys.argv[3] else None)\n"
     )
@@ -105,3 +106,39 @@ def test_candidate_that_adds_an_error_is_refused_and_file_kept(tmp_path, formatt
     assert not list(tmp_path.glob(".fstab.scipioncloud.tmp"))
     fstab.replace(path, fstab.with_entry(old, fstab.Entry(uuid, mountpoint, "ext4", "x")))
     assert fstab.agent_entries(path.read_text())[0].uuid == uuid
+
+
+@pytest.mark.parametrize("separator", ["\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_lines_end_at_newline_only(separator):
+    """libmount ends a line at "\\n" only: what str.splitlines also splits on stays inside someone's line."""
+    uuid = entry().uuid
+    marker = f"{fstab.MARKER} vol-0123456789abcdef0 uuid={uuid}"
+    hidden = f"# note{separator}{marker}{separator}UUID={uuid} /x ext4 d 0 2"
+    text = HUMAN + hidden + "\n"
+    assert fstab.agent_entries(text) == []
+    assert fstab.without(text, uuid) == text
+    # The agent's own line after it is still found and removed, the person's line kept byte for byte.
+    mine = fstab.with_entry(text, entry())
+    assert [e.mountpoint for e in fstab.agent_entries(mine)] == ["/data"]
+    assert fstab.without(mine, uuid) == text
+
+
+@needs_root
+@pytest.mark.root
+@pytest.mark.parametrize("umask", [0o077, 0o000])
+def test_new_file_and_backup_keep_mode_and_owner_whatever_the_umask(tmp_path, formatted, umask):
+    uuid, mountpoint = formatted
+    path = tmp_path / "fstab"
+    path.write_text(HUMAN)
+    path.chmod(0o640)
+    os.chown(path, 0, 65534)  # group nogroup: an owner the agent's own files would not get
+    script = (
+        "import os, sys; from pathlib import Path; from agent.volumes import fstab\n"
+        f"os.umask({umask})\n"
+        f"fstab.add(Path(sys.argv[1]), fstab.Entry({uuid!r}, {mountpoint!r}, 'ext4', 'vol-x'))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
+    assert fstab.agent_entries(path.read_text())
+    for written in (path, tmp_path / "fstab.scipioncloud.bak"):
+        info = written.stat()
+        assert (oct(info.st_mode & 0o7777), info.st_uid, info.st_gid) == (oct(0o640), 0, 65534), written

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import fstab
+from agent.volumes import fstab
 from tests.conftest import VENV_BIN, write_toml
 from tests.volumes.conftest import checksum, needs_root, sh
 
@@ -137,7 +137,7 @@ def test_existing_filesystem_is_mounted_as_it_is_with_format_never(api, loops, t
 @pytest.mark.parametrize("kind", ["ext4", "swap", "gpt", "luks"])
 def test_blank_proof_rejects_every_signature(storage, loops, tmp_path, kind):
     """The proof itself, asked directly: whatever blkid or wipefs sees is a reason not to format."""
-    from agent import blockdev, signatures
+    from agent.volumes import blockdev, signatures
 
     device = loops(32)
     prepare(device, kind, tmp_path)

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import prewarm
+from agent.volumes import prewarm
 from tests.conftest import VENV_BIN, start_agent, stop_agent, write_toml
 from tests.volumes.conftest import checksum, needs_root, sectors_read
 
@@ -161,7 +161,7 @@ def test_resumes_after_sigkill_and_reads_under_1_1_times_the_size(tmp_path, loop
 def test_several_volumes_share_the_global_rate_limit(loops, storage):
     import dataclasses
 
-    from agent import blockdev
+    from agent.volumes import blockdev
 
     limited = dataclasses.replace(storage, prewarm_rate_mb_s=24)
     devices = [loops(24), loops(24)]
@@ -179,6 +179,27 @@ def test_several_volumes_share_the_global_rate_limit(loops, storage):
     assert [j.state for j in jobs] == ["done", "done"] and all(j.done == 24 * MiB for j in jobs)
     # 48 MiB under a 24 MB/s limit for both together: about 2 s, not the 1 s each would take alone.
     assert elapsed >= 0.85 * 2 * 24 * MiB / 24e6, elapsed
+
+
+def test_a_running_prewarm_is_work_in_flight_for_the_idle_rule(loops, storage):
+    import dataclasses
+
+    from agent.inflight import Registry
+    from agent.volumes import blockdev
+
+    slow = dataclasses.replace(storage, prewarm_rate_mb_s=8)
+    device = loops(24)
+    registry = Registry()
+    manager = prewarm.PrewarmManager(slow, inflight=registry)
+    try:
+        job = manager.start_job(blockdev.find(slow, device))
+        time.sleep(1)
+        assert [(j.kind, j.what) for j in registry.active()] == [("prewarm", device)]  # keeps it busy
+        job.thread.join(60)
+    finally:
+        manager.stop()
+    assert job.state == "done"
+    assert registry.active() == []  # forgotten when it ends
 
 
 def test_cli_prewarm_json(tmp_path, loops, config_dict):
@@ -201,7 +222,7 @@ def test_cli_prewarm_json(tmp_path, loops, config_dict):
 def test_prewarm_auto_starts_every_non_root_volume(tmp_path, loops, storage):
     import dataclasses
 
-    from agent import blockdev
+    from agent.volumes import blockdev
 
     device = loops(16)
     manager = prewarm.PrewarmManager(dataclasses.replace(storage, prewarm_auto=True))
@@ -218,3 +239,47 @@ def test_prewarm_auto_starts_every_non_root_volume(tmp_path, loops, storage):
         )
     finally:
         manager.stop()
+
+
+def test_http_and_cli_jobs_share_one_reading_even_when_the_reader_is_killed(
+    api, tmp_path, loops, config_dict
+):
+    """The CLI reads; the server's job for the same device follows it instead of reading again; the CLI is
+    SIGKILLed at an arbitrary moment and the server's job reads the rest from its checkpoint. What is read
+    twice stays within docs/volumes.md's promise: fio's queue twice (2 x 32 MiB) plus one second of
+    reading (the status interval)."""
+    size, rate = 256 * MiB, 64_000_000
+    device = loops(256, fill_mb=8)
+    before, read_before = checksum(device), sectors_read(device)
+    config = write_toml(tmp_path / "agent.toml", config_dict)
+    argv = [str(VENV_BIN / "scipioncloud-agent"), "prewarm", device, "--config", str(config)]
+    cli = subprocess.Popen([*argv, "--json", "--rate", str(rate / 1e6)], stdout=subprocess.DEVNULL)
+    try:
+        store = prewarm.CheckpointStore(tmp_path / "state")
+        identity = f"loop:{tmp_path / 'disk0.img'}"
+        deadline = time.monotonic() + 30
+        while not ((c := store.load(identity)) and c.done > 0):
+            assert time.monotonic() < deadline and cli.poll() is None, "the CLI wrote no checkpoint"
+            time.sleep(0.05)
+        job = api.post(f"/v1/volumes/{Path(device).name}/prewarm").json
+        time.sleep(1.3)  # not in step with the checkpoints
+        following = api.get(f"/v1/prewarm/{job['id']}").json
+        assert following["state"] == "running" and "another process" in following["reason"], following
+        assert following["bytes_done"] > 0
+        cli.kill()
+        cli.wait()
+        deadline = time.monotonic() + 60
+        while (job := api.get(f"/v1/prewarm/{job['id']}").json)["state"] == "running":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert job["state"] == "done" and job["bytes_done"] == size, job
+    assert job["resumed_from"] > 0
+    twice = (sectors_read(device) - read_before) * 512 - size
+    promise = 2 * prewarm.IODEPTH * prewarm.BLOCK + prewarm.CHECKPOINT_S * rate
+    print(f"read twice: {twice / MiB:.1f} MiB (promise: at most {promise / MiB:.1f} MiB)")
+    assert 0 <= twice <= promise * 1.1, f"read {twice / MiB:.1f} MiB twice"
+    assert checksum(device) == before

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from agent import blockdev, prewarm
 from agent.errors import ApiError
-from agent.mounts import check_mountpoint
+from agent.volumes import blockdev, prewarm
+from agent.volumes.mounts import check_mountpoint
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_a_missing_tool_is_a_clear_503(api, monkeypatch):
 
 
 def test_replace_keeps_mode_and_a_backup_of_the_old_file(tmp_path):
-    from agent import fstab
+    from agent.volumes import fstab
 
     path = tmp_path / "fstab"
     old = f"tmpfs {tmp_path} tmpfs defaults 0 0\n"

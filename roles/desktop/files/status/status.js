@@ -17,7 +17,10 @@ async function get(path, options) {
   // Relative to the page's origin: a page opened with credentials in its URL must not fetch with them.
   const url = new URL(API + path, new URL(".", location.href.replace(/\/\/[^/@]*@/, "//")));
   try {
-    const response = await fetch(url, { credentials: "same-origin", cache: "no-store", ...options });
+    // The header tells nginx this call comes from the page itself (a page elsewhere cannot send it).
+    const response = await fetch(url, {
+      credentials: "same-origin", cache: "no-store", headers: { "X-ScipionCloud-Page": "status" }, ...options,
+    });
     const body = await response.json().catch(() => ({}));
     return { ok: response.ok, status: response.status, body };
   } catch (error) {
@@ -106,12 +109,54 @@ function renderPrewarm(result) {
 
 function renderIdle(result) {
   const el = $("idle");
-  if (!result.ok) return unavailable(el, result, "Idle detection");
+  const banner = $("idle-banner");
+  if (!result.ok) {
+    banner.hidden = true;
+    return unavailable(el, result, "Idle detection");
+  }
   const b = result.body;
-  const reasons = Array.isArray(b.reasons) ? b.reasons : [];
+  const decision = b.decision || {};
+  const reasons = Array.isArray(decision.reasons) ? decision.reasons : Array.isArray(b.reasons) ? b.reasons : [];
   el.innerHTML = `<strong data-idle="${esc(b.idle)}">${b.idle ? "Idle" : "In use"}</strong>` +
     (b.since ? ` since ${esc(b.since)}` : "") +
+    (decision.decision ? ` · decision: <span id="idle-decision">${esc(decision.decision)}</span>` : "") +
+    (b.postponed_until ? ` · kept running until ${esc(b.postponed_until)}` : "") +
     (reasons.length ? `<br><span class="muted">${reasons.map(esc).join("<br>")}</span>` : "");
+  // The warning before the idle action: time left and the button that postpones it
+  const warning = b.warning || {};
+  banner.hidden = !warning.active;
+  if (warning.active) {
+    const minutes = num(warning.seconds_left) ? Math.max(1, Math.round(warning.seconds_left / 60)) : "?";
+    const action = (b.action || {}).kind || "stop";
+    $("idle-banner-text").textContent =
+      `Nothing has used this instance for a while: ${action} in about ${minutes} min.`;
+  }
+}
+
+const money = (v) => (num(v) ? `$${v.toFixed(2)}` : "unknown");
+const hours = (s) => (num(s) ? `${(s / 3600).toFixed(2)} h` : "?");
+
+function renderUsage(result) {
+  const el = $("usage");
+  if (!result.ok) return unavailable(el, result, "Usage");
+  const u = result.body;
+  const days = Array.isArray(u.days) ? u.days.slice(-7).reverse() : [];
+  const price = u.price || {};
+  const rows = [];
+  days.forEach((d) => {
+    rows.push(`<tr class="usage-day"><th>${esc(d.date)}</th><th>${hours(d.wall_s)}</th><th class="usage-cost">${money(d.cost_usd)}</th></tr>`);
+    (d.projects || []).forEach((p) => (p.protocols || []).forEach((r) => rows.push(
+      `<tr class="usage-protocol"><td>${esc(p.project)} / ${esc(r.protocol)}</td>` +
+      `<td>GPU ${hours(r.gpu_s)} · wall ${hours(r.wall_s)}</td><td>${money(r.cost_usd)}</td></tr>`)));
+    rows.push(`<tr class="usage-other"><td>other work</td><td>${hours(d.other_s)}</td><td>${money(d.other_cost_usd)}</td></tr>`);
+    rows.push(`<tr class="usage-idle"><td>idle, nobody used it</td><td>${hours(d.idle_s)}</td><td>${money(d.idle_cost_usd)}</td></tr>`);
+  });
+  const saved = u.saved_by_stops || {};
+  el.innerHTML =
+    `<p class="muted">${money(price.instance_per_hour)}/h instance + ${money(price.volumes_per_hour)}/h volumes (${esc(price.source || "?")})</p>` +
+    (rows.length ? `<table>${rows.join("")}</table>` : '<span class="muted">No usage measured yet</span>') +
+    `<p id="usage-saved">Idle stops: ${esc(saved.stops ?? 0)}, saved ${money(saved.saved_usd)} ` +
+    `(would have cost ${money(saved.would_have_cost_usd)}, cost ${money(saved.cost_usd)})</p>`;
 }
 
 function renderDesktop(result) {
@@ -126,13 +171,14 @@ function renderDesktop(result) {
 }
 
 async function refresh() {
-  const [gpus, volumes, prewarm, idle, desktop] = await Promise.all(
-    ["gpus", "volumes", "prewarm", "idle", "desktop"].map((p) => get(p)));
+  const [gpus, volumes, prewarm, idle, desktop, usage] = await Promise.all(
+    ["gpus", "volumes", "prewarm", "idle", "desktop", "usage"].map((p) => get(p)));
   renderGpus(gpus);
   renderVolumes(volumes);
   renderPrewarm(prewarm);
   renderIdle(idle);
   renderDesktop(desktop);
+  renderUsage(usage);
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.loaded = "1";
 }
@@ -148,6 +194,14 @@ $("logout").addEventListener("click", async () => {
     : `The desktop did not come back: ${result.body.error || "HTTP " + result.status}`;
   $("logout-result").className = result.ok ? "" : "error";
   button.disabled = false;
+  refresh();
+});
+
+$("keep-running").addEventListener("click", async () => {
+  const result = await get("idle/postpone", { method: "POST" });
+  $("idle-banner-text").textContent = result.ok
+    ? `Kept running until ${result.body.postponed_until}.`
+    : `Could not postpone: ${result.body.error || "HTTP " + result.status}`;
   refresh();
 });
 

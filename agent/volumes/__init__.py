@@ -7,64 +7,184 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, current_app, jsonify
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agent import blockdev, mounts, services, shell
+from agent import inflight, services, shell
 from agent.config import Config
 from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
-from agent.prewarm import PrewarmManager
+from agent.volumes import blockdev, mounts
+from agent.volumes.prewarm import PrewarmManager
 
 bp = Blueprint("volumes", __name__)
 EXTENSION = "scipioncloud.prewarm"
 
+STR = {"type": "string"}
+INT = {"type": "integer"}
+NULLABLE_STR = {"type": "string", "nullable": True}
+NUMBER_OR_NULL = {"type": "number", "nullable": True}
+SIGNATURE = {"type": "object", "nullable": True, "additionalProperties": STR}
 MOUNT_BODY = {
     "type": "object",
     "required": ["mountpoint"],
+    "additionalProperties": False,
     "properties": {
-        "mountpoint": {"type": "string", "description": "under one of storage.mount_roots"},
+        "mountpoint": {
+            "type": "string",
+            "pattern": "^/",
+            "maxLength": mounts.PATH_MAX - 1,
+            "description": "absolute, under one of storage.mount_roots, no control characters",
+        },
         "fstype": {"type": "string", "enum": list(mounts.FSTYPES), "default": "ext4"},
         "format": {"type": "string", "enum": list(mounts.FORMATS), "default": "never"},
-        "label": {"type": "string"},
+        "label": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,16}$", "description": "xfs: 12 at most"},
     },
 }
-PREWARM_BODY = {"type": "object", "properties": {"force": {"type": "boolean", "default": False}}}
+PREWARM_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"force": {"type": "boolean", "default": False}},
+}
+VOLUME = {
+    "type": "object",
+    "required": ["id", "name", "path", "size", "type", "state", "signature", "mountpoints", "partitions"],
+    "properties": {
+        "id": STR,
+        "name": STR,
+        "path": STR,
+        "size": INT,
+        "type": STR,
+        "model": NULLABLE_STR,
+        "volume_id": NULLABLE_STR,
+        "state": {
+            "type": "string",
+            "enum": ["root", "mounted", "unknown", "partitioned", "formatted", "blank"],
+        },
+        "reason": NULLABLE_STR,
+        "signature": SIGNATURE,
+        "mountpoints": {"type": "array", "items": STR},
+        "partitions": {"type": "array", "items": {"type": "object"}},
+        "prewarm": {"type": "object", "nullable": True},
+    },
+}
+JOB = {
+    "type": "object",
+    "required": ["id", "volume", "device", "state", "bytes_done", "bytes_total", "percent"],
+    "properties": {
+        "id": STR,
+        "volume": STR,
+        "device": STR,
+        "state": {
+            "type": "string",
+            "enum": ["queued", "running", "done", "skipped", "cancelled", "failed", "stopped"],
+        },
+        "bytes_done": INT,
+        "bytes_total": INT,
+        "percent": {"type": "number"},
+        "mb_s": NUMBER_OR_NULL,
+        "eta_s": NUMBER_OR_NULL,
+        "resumed_from": INT,
+        "reason": NULLABLE_STR,
+        "error": NULLABLE_STR,
+        "aws": {"type": "object", "nullable": True},
+        "started": {"type": "number"},
+        "finished": NUMBER_OR_NULL,
+    },
+}
+MOUNTED = {
+    "type": "object",
+    "required": ["volume", "device", "mountpoint", "formatted", "fstab_changed"],
+    "properties": {
+        "volume": STR,
+        "device": STR,
+        "mountpoint": STR,
+        "fstype": NULLABLE_STR,
+        "uuid": NULLABLE_STR,
+        "formatted": {"type": "boolean"},
+        "fstab_changed": {"type": "boolean"},
+    },
+}
+UNMOUNTED = {
+    "type": "object",
+    "required": ["volume", "device", "unmounted", "fstab_changed"],
+    "properties": {
+        "volume": STR,
+        "device": STR,
+        "unmounted": {"type": "array", "items": STR},
+        "fstab_changed": {"type": "boolean"},
+    },
+}
+TOOL_FAILED = "a system tool (lsblk, blkid, findmnt...) failed or is missing"
 
 OPENAPI = {
     "/v1/volumes": {
         "get": operation(
-            "Block devices: path, size, EBS volume id, signature, mountpoints, state", _401="no token"
+            "Block devices: path, size, EBS volume id, signature, mountpoints, state",
+            schema={
+                "type": "object",
+                "required": ["volumes"],
+                "properties": {"volumes": {"type": "array", "items": VOLUME}},
+            },
+            _200="the devices",
+            _503=TOOL_FAILED,
         )
     },
     "/v1/volumes/{vol}/prewarm": {
         "post": operation(
             "Start (or resume from its checkpoint) pre-warming a volume; vol = EBS volume id or device name",
             body=PREWARM_BODY,
+            schema=JOB,
             _200="an active or finished job for this volume",
             _202="job started",
             _404="no such volume",
             _409="the root device",
+            _503=TOOL_FAILED,
         )
     },
-    "/v1/prewarm": {"get": operation("All pre-warm jobs with progress", _401="no token")},
+    "/v1/prewarm": {
+        "get": operation(
+            "All pre-warm jobs with progress",
+            schema={
+                "type": "object",
+                "required": ["jobs"],
+                "properties": {"jobs": {"type": "array", "items": JOB}},
+            },
+            _200="the jobs",
+        )
+    },
     "/v1/prewarm/{job}": {
-        "get": operation("One pre-warm job: bytes done/total, percent, MB/s, ETA, state", _404="no such job"),
-        "delete": operation("Cancel a pre-warm job (its checkpoint is kept)", _404="no such job"),
+        "get": operation(
+            "One pre-warm job: bytes done/total, percent, MB/s, ETA, state",
+            schema=JOB,
+            _200="the job",
+            _404="no such job",
+        ),
+        "delete": operation(
+            "Cancel a pre-warm job (its checkpoint is kept)",
+            schema=JOB,
+            _200="the job, cancelled",
+            _404="no such job",
+        ),
     },
     "/v1/volumes/{vol}/mount": {
         "post": operation(
             "Mount a volume (format it only if proven blank and format=if-blank) and add its fstab line",
             body=MOUNT_BODY,
+            body_required=True,
+            schema=MOUNTED,
             _200="mounted",
             _400="bad mountpoint, fstype, format or label",
             _404="no such volume",
-            _409="not blank / not a filesystem / root / in use; nothing changed",
+            _409="not proven blank / not a filesystem / root / in use / a file in the way; nothing changed",
+            _503=TOOL_FAILED,
         )
     },
     "/v1/volumes/{vol}/unmount": {
         "post": operation(
             "Unmount a volume and remove the agent's fstab line",
+            schema=UNMOUNTED,
             _200="unmounted",
             _404="no such volume",
-            _409="busy (names the processes) or root",
+            _409="busy (names the processes), root, or the fstab edit would be refused; nothing changed",
+            _503=TOOL_FAILED + ", or fstab changed between the check and the edit",
         )
     },
 }
@@ -77,7 +197,7 @@ def _tool_failed(exc: shell.CommandError):
 
 
 def init_app(app: Flask, config: Config) -> None:
-    manager = PrewarmManager(config.storage)
+    manager = PrewarmManager(config.storage, inflight=inflight.registry(app))
     app.extensions[EXTENSION] = manager
     services.register(app, "prewarm", manager)
 
@@ -140,6 +260,9 @@ def list_volumes():
 @bp.post("/v1/volumes/<vol>/prewarm")
 def start_prewarm(vol: str):
     body = json_body()
+    unknown = set(body) - {"force"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise ApiError(400, "force must be true or false")
@@ -171,7 +294,7 @@ def mount_volume(vol: str):
     body = json_body()
     unknown = set(body) - {"mountpoint", "fstype", "format", "label"}
     if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))[:300]}")
     if "mountpoint" not in body:
         raise ApiError(400, "mountpoint is required")
     result = mounts.mount(
@@ -181,6 +304,7 @@ def mount_volume(vol: str):
         fstype=body.get("fstype", "ext4"),
         format=body.get("format", "never"),
         label=body.get("label"),
+        owner=current_app.config["SCIPIONCLOUD"].desktop.user,
     )
     return jsonify(result)
 

@@ -1,5 +1,5 @@
 """Discovery: the block devices the agent may manage, each with its EBS volume id, signature, mountpoints
-and a state (blank, formatted, partitioned, mounted, root)."""
+and a state (blank, formatted, partitioned, mounted, root, or unknown with the reason)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import shell, signatures
+from agent import shell
 from agent.config import StorageConfig
 from agent.errors import ApiError
+from agent.volumes import signatures
 
 BY_ID = Path("/dev/disk/by-id")
 EBS_BY_ID = "nvme-Amazon_Elastic_Block_Store_"
@@ -70,6 +71,7 @@ class BlockDevice:
     signature: dict | None
     partitions: list[Partition] = field(default_factory=list)
     state: str = "blank"
+    reason: str | None = None  # why the state is "unknown" (blkid could not say what the device holds)
     backing_file: str | None = None
     logical_block_size: int = 512
 
@@ -100,6 +102,7 @@ class BlockDevice:
             "model": self.model,
             "volume_id": self.volume_id,
             "state": self.state,
+            "reason": self.reason,
             "signature": self.signature,
             "mountpoints": self.mountpoints,
             "partitions": [p.to_json() for p in self.partitions],
@@ -148,12 +151,13 @@ def discover(storage: StorageConfig) -> list[BlockDevice]:
         if node["type"] not in kinds or not node.get("size"):
             continue  # zero-sized: an unattached loop or an empty zram
         kname = node["kname"]
+        problems: list[str] = []
         partitions = [
             Partition(
                 name=child["kname"],
                 path=child["path"],
                 size=int(child["size"] or 0),
-                signature=signatures.probe(child["path"]),
+                signature=_probe(child["path"], problems),
                 mountpoints=_mountpoints(child),
             )
             for child in node.get("children", [])
@@ -168,15 +172,26 @@ def discover(storage: StorageConfig) -> list[BlockDevice]:
             serial=(node.get("serial") or "").strip() or None,
             volume_id=volume_id_from_serial(node.get("serial")) or by_id.get(kname),
             mountpoints=_mountpoints(node),
-            signature=signatures.probe(node["path"]),
+            signature=_probe(node["path"], problems),
             partitions=partitions,
             backing_file=_read_sys(kname, "loop", "backing_file"),
             logical_block_size=int(_read_sys(kname, "queue", "logical_block_size") or 512),
         )
         held = any(c["type"] != "part" for c in node.get("children", []))  # dm/LVM/md on top of it
         device.state = _state(device, kname in roots or any(p.name in roots for p in partitions), held)
+        if problems and device.state not in ("root", "mounted"):
+            device.state, device.reason = "unknown", "; ".join(problems)
         devices.append(device)
     return devices
+
+
+def _probe(path: str, problems: list[str]) -> dict | None:
+    """One device's signature; a device blkid cannot read is noted in `problems`, never an error for all."""
+    try:
+        return signatures.probe(path)
+    except signatures.ProbeError as exc:
+        problems.append(f"{path}: {exc}")
+        return None
 
 
 def _state(device: BlockDevice, is_root: bool, held: bool) -> str:

@@ -7,6 +7,8 @@ fio's JSON status, printed every second. Checkpoints (bytes done, keyed by volum
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,18 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from agent import aws_volumes, blockdev
-from agent.blockdev import BlockDevice
+from agent import aws_volumes
 from agent.config import StorageConfig
 from agent.errors import ApiError
+from agent.inflight import Registry
+from agent.volumes import blockdev
+from agent.volumes.blockdev import BlockDevice
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 BLOCK = MiB  # --bs=1M as AWS documents
 IODEPTH = 32
-CHECKPOINT_S = 1.0  # at most this much progress (plus the I/O in flight) is read twice after a crash
+# fio's status interval; every status is checkpointed (a save skipped when a status came a little early let
+# two seconds of reading go unsaved). After a crash at most this much reading, plus fio's queue behind the
+# checkpoint and the queue in flight, is read twice.
+CHECKPOINT_S = 1.0
 ACTIVE = ("queued", "running")
+FOLLOW_S = 0.5  # how often a job that follows another process's reading looks at its checkpoint
 
 
 def fio_argv(
@@ -44,7 +52,7 @@ def fio_argv(
         "fio", "--name=prewarm", f"--filename={path}", "--rw=read", f"--bs={bs}",
         f"--iodepth={IODEPTH}", "--ioengine=libaio", "--direct=1", "--readonly", "--thread",
         f"--offset={offset}", f"--size={length}",
-        "--output-format=json", "--status-interval=1",
+        "--output-format=json", f"--status-interval={CHECKPOINT_S:g}",
     ]  # fmt: skip
     if rate_bytes_s:
         argv.append(f"--rate={int(rate_bytes_s)}")
@@ -141,6 +149,9 @@ class CheckpointStore:
     def _path(self, identity: str) -> Path:
         return self.folder / (hashlib.sha256(identity.encode()).hexdigest()[:24] + ".json")
 
+    def lock_path(self, identity: str) -> Path:
+        return self._path(identity).with_suffix(".lock")
+
     def load(self, identity: str) -> Checkpoint | None:
         try:
             data = json.loads(self._path(identity).read_text())
@@ -168,6 +179,35 @@ class CheckpointStore:
             except (OSError, ValueError, TypeError):
                 log.warning("unreadable checkpoint %s ignored", path)
         return found
+
+
+class ReaderLock:
+    """Who reads a volume now, across processes (the server and `scipioncloud-agent prewarm`): an flock on
+    `<state_dir>/prewarm/<volume>.lock`, released by the kernel when its holder ends, even on SIGKILL."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.handle = open(path, "a+")  # noqa: SIM115 - held for the whole reading, closed in release()
+
+    def try_acquire(self) -> bool:
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return True
+
+    def holder(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.path.read_text().strip() or "?"
+        return "?"
+
+    def release(self) -> None:
+        self.handle.close()  # closing drops the flock
 
 
 @dataclass
@@ -225,8 +265,11 @@ class PrewarmManager:
         storage: StorageConfig,
         *,
         aws_status: Callable[[str], dict | None] | None = None,
+        inflight: Registry | None = None,
     ) -> None:
         self.storage = storage
+        # While a job reads, the idle rule sees work in flight (agent/inflight.py); none from the CLI.
+        self.inflight = inflight
         self.store = CheckpointStore(storage.state_dir)
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
@@ -357,8 +400,10 @@ class PrewarmManager:
                         job.interrupt.set()
 
     def _run(self, job: Job, force: bool) -> None:
+        in_flight = self.inflight.track("prewarm", job.device) if self.inflight else contextlib.nullcontext()
         try:
-            self._read(job, force)
+            with in_flight:
+                self._read(job, force)
         except Exception as exc:
             log.exception("pre-warm of %s failed", job.device)
             job.state, job.error = "failed", str(exc)
@@ -374,6 +419,44 @@ class PrewarmManager:
                 job.state, job.reason, job.done = "skipped", reason, job.size
                 self.store.save(Checkpoint(job.identity, job.size, job.size, "skipped", reason))
                 return
+        lock = ReaderLock(self.store.lock_path(job.identity))
+        try:
+            if not lock.try_acquire() and not self._follow(job, lock):
+                return
+            self._read_locked(job)
+        finally:
+            lock.release()
+
+    def _follow(self, job: Job, lock: ReaderLock) -> bool:
+        """Another process reads this volume: show its progress (from its checkpoints) instead of reading
+        twice. True when it has stopped without finishing and this job must read the rest."""
+        job.state = "running"
+        job.reason = f"read by another process (pid {lock.holder()}); following its progress"
+        while not lock.try_acquire():
+            if job.interrupt.wait(FOLLOW_S) and (job.cancel.is_set() or job.shutdown.is_set()):
+                job.state = "cancelled" if job.cancel.is_set() else "stopped"
+                job.reason = "cancelled by request" if job.cancel.is_set() else job.reason
+                return False
+            job.interrupt.clear()
+            checkpoint = self.store.load(job.identity)
+            if checkpoint is not None and checkpoint.size == job.size:
+                job.done = checkpoint.done
+        checkpoint = self.store.load(job.identity)
+        if checkpoint is not None and checkpoint.size == job.size and checkpoint.state == "done":
+            job.state, job.done, job.reason = "done", job.size, "read by another process"
+            return False
+        job.reason = None
+        if checkpoint is not None and checkpoint.size == job.size:
+            job.done = job.resumed_from = checkpoint.done  # it stopped or died: go on from its checkpoint
+        return True
+
+    def _read_locked(self, job: Job) -> None:
+        if self.storage.prewarm_used_only:  # read only the blocks the filesystem uses (issue 14)
+            from agent.volumes import prewarm_ranges  # it imports this module
+
+            ranges = prewarm_ranges.used_ranges(job.device, job.size)
+            if ranges is not None:
+                return prewarm_ranges.run_job(self, job, ranges, Checkpoint)
         job.state = "running"
         self._rebalance()
         checkpoint = Checkpoint(job.identity, job.size, job.done)
@@ -398,7 +481,7 @@ class PrewarmManager:
                 if now - window_start >= 0.5:
                     job.mb_s = (job.done - window_done) / (now - window_start) / 1e6
                     window_start, window_done = now, job.done
-                if now - last_save >= CHECKPOINT_S:
+                if now - last_save >= CHECKPOINT_S / 2:  # every status; fio's own interval sets the pace
                     # Reads still in flight may complete out of order: resume behind them.
                     checkpoint.done = max(offset, (offset + read - IODEPTH * bs) // bs * bs)
                     self.store.save(checkpoint)

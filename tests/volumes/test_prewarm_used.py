@@ -1,0 +1,88 @@
+"""Pre-warm of the used blocks only (agent.volumes.prewarm_ranges) on real ext4 and xfs loop devices: every
+block a file occupies is read, free space is not, the device is unchanged, and `prewarm_used_only = false`
+reads everything."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import pytest
+
+from agent.volumes import blockdev, prewarm, prewarm_ranges
+from tests.volumes.conftest import checksum, needs_root, sh
+
+pytestmark = [pytest.mark.integration, pytest.mark.root, needs_root]
+MiB = 1024 * 1024
+
+
+def disk_checksum(device: str) -> str:
+    """The device's bytes as on disk: its buffer cache may still hold blocks from before the mount."""
+    sh("blockdev", "--flushbufs", device)
+    return checksum(device)
+
+
+def file_extents(path: str) -> list[tuple[int, int]]:
+    """Physical byte ranges of a file, from filefrag -e (FIEMAP) on the mounted filesystem."""
+    out = sh("filefrag", "-e", "-b1", path)
+    ranges = []
+    for start, end in re.findall(r"^\s*\d+:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.\s*(\d+):", out, re.MULTILINE):
+        ranges.append((int(start), int(end) + 1))
+    assert ranges, out
+    return ranges
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_used_blocks_cover_every_file_and_skip_free_space(loops, tmp_path, storage, fstype):
+    device = loops(size_mb=512)
+    sh(f"mkfs.{fstype}", "-q", *(["-F"] if fstype == "ext4" else ["-f"]), device)
+    mnt = tmp_path / "mnt" / "vol"
+    mnt.mkdir(parents=True)
+    sh("mount", device, str(mnt))
+    extents = []
+    for i in range(4):  # 25 % full: 128 MiB of files
+        path = mnt / f"movie{i}.tif"
+        path.write_bytes(os.urandom(32 * MiB))
+        os.sync()
+        extents += file_extents(str(path))
+    sh("umount", str(mnt))
+    size = int(sh("blockdev", "--getsize64", device))
+    ranges = prewarm_ranges.used_ranges(device, size)
+    assert ranges is not None
+    for start, end in extents:  # every byte of every file lies in a range that will be read
+        assert any(o <= start and end <= o + n for o, n in ranges), (start, end)
+    used = sum(n for _o, n in ranges)
+    assert 128 * MiB <= used < 0.4 * size
+
+    before = disk_checksum(device)
+    found = blockdev.find(dataclasses.replace(storage, prewarm_used_only=True), device)
+    manager = prewarm.PrewarmManager(
+        dataclasses.replace(storage, prewarm_used_only=True), aws_status=lambda volume_id: None
+    )
+    job = manager.start_job(found, force=True)
+    job.thread.join(120)
+    assert job.state == "done", job.error
+    assert job.done == job.size == used and "used blocks only" in job.reason
+    assert disk_checksum(device) == before  # read-only: the device is unchanged
+
+    full = prewarm.PrewarmManager(
+        dataclasses.replace(storage, prewarm_used_only=False), aws_status=lambda volume_id: None
+    )
+    job = full.start_job(found, force=True)
+    job.thread.join(120)
+    assert job.state == "done" and job.done == size
+
+
+def test_unknown_filesystem_reads_everything(loops):
+    device = loops(size_mb=16, fill_mb=4)
+    assert prewarm_ranges.used_ranges(device, 16 * MiB) is None
+
+
+def test_merge_bounds_the_number_of_ranges():
+    ranges = [(i * 3 * MiB, i * 3 * MiB + 4096) for i in range(2000)]
+    merged = prewarm_ranges.merge(ranges, 6000 * MiB)
+    assert len(merged) <= prewarm_ranges.MAX_RANGES
+    for start, end in ranges:
+        assert any(o <= start and end <= o + n for o, n in merged)
+    assert all(o % MiB == 0 and n % MiB == 0 for o, n in merged)
