@@ -86,7 +86,13 @@ def release_after_ansible_starts(root: Path, holder, lock: dict) -> None:
 
 @pytest.fixture(scope="module")
 def rehearsal(
-    tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo, turbovnc_apt_repo, virtualgl_apt_repo
+    tmp_path_factory,
+    moto_server,
+    rootfs_tarball,
+    vendor_apt_repo,
+    turbovnc_apt_repo,
+    virtualgl_apt_repo,
+    miniforge_standin,
 ):
     """One full bake; yields everything the tests look at."""
     moto_server.reset()
@@ -100,6 +106,9 @@ def rehearsal(
                 "cuda_repo_url": vendor_apt_repo.url,
                 "cuda_repo_key": vendor_apt_repo.key_url,
                 "scipion_plugin_binaries": False,
+                **miniforge_standin,  # Miniforge's installer: the stand-in on 127.0.0.1
+                # conda's pip reads certifi: the system bundle holds this machine's proxy CA
+                "scipion_pip_env": {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"},
                 "desktop_turbovnc_repo_url": turbovnc_apt_repo.url,
                 "desktop_turbovnc_repo_key_url": turbovnc_apt_repo.key_url,
                 "desktop_virtualgl_repo_url": virtualgl_apt_repo.url,
