@@ -51,7 +51,7 @@ agent: setup ## Run the agent in the foreground on 127.0.0.1 with a development 
 	@tools/dev-agent
 
 ami: setup ## Bake an AMI: make ami [IMAGE=scipion-desktop] [REGION=eu-west-1] [COPY_TO="us-east-1 ..."]
-	@command -v packer >/dev/null || tools/apt-deps tools/apt-bake.txt
+	@command -v packer >/dev/null || tools/install-packer
 	$(VENV)/bin/scipioncloud bake $(IMAGE) $(if $(REGION),--region $(REGION)) $(foreach r,$(COPY_TO),--copy-to $(r))
 
 versions: setup ## Regenerate docs/versions.md (the pinned-versions table) from images/ and role defaults

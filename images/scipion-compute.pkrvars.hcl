@@ -2,7 +2,7 @@
 # Layering: packer/variables.pkr.hcl defaults, then this file, then the bake driver's generated file.
 image_name          = "scipion-compute"
 image_version       = "0.1.0"
-ubuntu_version      = "22.04"
+ubuntu_version      = "24.04"
 instance_type       = "g4dn.xlarge"
 root_volume_size_gb = 40
 ansible_vars_file   = "images/scipion-compute.yml"

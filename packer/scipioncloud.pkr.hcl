@@ -85,6 +85,8 @@ build {
       "--extra-vars", "@${var.ansible_vars_file}",
       "--extra-vars", "agent_wheel=${var.agent_wheel}",
       "--extra-vars", "ansible_python_interpreter=/usr/bin/python3",
+      # roles enable services for the instances' boot but start nothing user-specific on the build instance
+      "--extra-vars", "scipioncloud_bake=true",
     ], var.ansible_overrides_file == "" ? [] : ["--extra-vars", "@${var.ansible_overrides_file}"])
   }
 

@@ -32,8 +32,8 @@ variable "build_time" {
 
 variable "ubuntu_version" {
   type        = string
-  description = "Ubuntu LTS base: 22.04 (jammy) or 24.04 (noble)."
-  default     = "22.04"
+  description = "Ubuntu LTS base: 24.04 (noble, the default) or 22.04 (jammy, standard support until 2027-06)."
+  default     = "24.04"
   validation {
     condition     = contains(["22.04", "24.04"], var.ubuntu_version)
     error_message = "The ubuntu_version must be 22.04 or 24.04."

@@ -11,6 +11,7 @@ the `bake` command (scipioncloud/commands/bake.py) is an ordinary command around
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ INIT_PACKER = (1, 7, 0)  # first Packer with `packer init` and required_plugins
 console = Console(highlight=False, stderr=True)  # Packer's live output; stdout keeps the result
 REHEARSE_HINT = (
     "No AWS account yet? `make rehearse` bakes the same image offline against a local EC2 emulator "
-    "(about 5 minutes, 10 the first time while it builds its Ubuntu root filesystem)"
+    "(about 10 minutes, a few more the first time while it builds its Ubuntu root filesystem)"
 )
 
 
@@ -250,6 +251,14 @@ class PackerOutput:
         return found
 
 
+def plugin_dir(repo: Path, out_dir: Path) -> Path:
+    """The Packer plugin folder of this set of pins. Packer loads the highest installed version of a plugin
+    whatever a template asks, so `packer init` and the build share a folder that holds only what
+    packer/plugins/plugins.pkr.hcl pins (one folder per pin set: a changed pin never meets an old install)."""
+    pins = (repo / "packer/plugins/plugins.pkr.hcl").read_bytes()
+    return out_dir / "packer-plugins" / hashlib.sha256(pins).hexdigest()[:12]
+
+
 def run_packer(packer: str, command: str, template: Path, log: Path, show: bool, **kwargs) -> PackerOutput:
     """One Packer command through packer-py, its output streamed into PackerOutput; raises on failure."""
     from packerpy import PackerExecutable
@@ -355,6 +364,7 @@ def bake(
         **overrides,
     }
     if version >= INIT_PACKER:
+        os.environ["PACKER_PLUGIN_PATH"] = str(plugin_dir(repo, out_dir))
         run_packer(packer, "init", repo / "packer/plugins", log, show)
     run_packer(packer, "validate", repo / "packer", log, False, **packer_args(image, variables))
     output = run_packer(packer, "build", repo / "packer", log, show, color="false",

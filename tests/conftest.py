@@ -109,6 +109,17 @@ def virtualgl_apt_repo(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def miniforge_standin(tmp_path_factory):
+    """The stand-in for Miniforge's installer (tests/support/conda_standin.py) served on 127.0.0.1; yields
+    role variables pointing roles/scipion at it (its URL and sha256)."""
+    from tests.support import conda_standin
+
+    installer = conda_standin.build(tmp_path_factory.mktemp("miniforge"))
+    with conda_standin.serve(installer) as url:
+        yield {"scipion_conda_installer_url": url, "scipion_conda_installer_sha256": installer.sha256}
+
+
+@pytest.fixture(scope="session")
 def rootfs_tarball() -> Path:
     """The cached Debian 12 root filesystem tarball (debootstrap builds it on first use; see
     tests/support/rootfs.py for extracting a disposable copy and running playbooks in it)."""

@@ -30,8 +30,12 @@ fi
 
 if [ -x /opt/scipion/scipion3 ]; then
   owner=$(stat -c %U /opt/scipion)
-  runuser -u "$owner" -- /opt/scipion/scipion3 printenv | grep -q 'SCIPION_HOME="/opt/scipion"' ||
+  # a throwaway HOME: the check must leave no caches in the user's home (the image is snapshotted next)
+  scratch=$(mktemp -d) && chown "$owner" "$scratch"
+  runuser -u "$owner" -- env HOME="$scratch" /opt/scipion/scipion3 printenv |
+    grep -q 'SCIPION_HOME="/opt/scipion"' ||
     fail "scipion3 printenv does not run as $owner"
+  rm -rf "$scratch"
   ok "Scipion 3 runs as $owner"
 fi
 

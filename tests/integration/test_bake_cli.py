@@ -102,7 +102,8 @@ def test_source_ami_filter_finds_the_latest_canonical_base(aws_env, version, cod
     import boto3
 
     template = (REPO / "packer/scipioncloud.pkr.hcl").read_text()
-    pattern = re.search(r'name\s*=\s*"(ubuntu/images/[^"]+)"', template).group(1)
+    # Canonical's name filter (the default of the conditional: a ParallelCluster base image may replace it)
+    pattern = re.search(r'"(ubuntu/images/[^"]+)"', template).group(1)
     pattern = pattern.replace("${local.ubuntu_codename}", codename).replace("${var.ubuntu_version}", version)
     images = boto3.client("ec2").describe_images(
         Owners=["099720109477"],

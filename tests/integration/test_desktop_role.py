@@ -56,11 +56,20 @@ def test_role_installs_the_desktop(provisioned, vnc_repo):
     assert first.rc == 0, first.summary()
     # TurboVNC and VirtualGL came from the vendor repository, pinned
     assert (root / "opt/TurboVNC/bin/Xvnc").exists() and (root / "opt/VirtualGL/bin/vglrun").exists()
-    assert any("turbovnc_3.1.2" in line for line in vnc_repo.requests), vnc_repo.requests
-    assert "Pin: version 3.1.2" in (root / "etc/apt/preferences.d/scipioncloud-turbovnc").read_text()
+    # upstream's VERSION-BUILD (release/deb-control.in), the newer of the two releases the repository offers
+    assert any("turbovnc_3.3-20260206" in line for line in vnc_repo.requests), vnc_repo.requests
+    assert "Pin: version 3.3-*" in (root / "etc/apt/preferences.d/scipioncloud-turbovnc").read_text()
     assert vnc_repo.url in (root / "etc/apt/sources.list.d/turbovnc.sources").read_text()
     status = rootfs.run_in_root(root, "dpkg-query", "-W", "-f=${Version}", "turbovnc")
-    assert status.stdout == "3.1.2"
+    assert status.stdout == "3.3-20260206"
+    vgl = rootfs.run_in_root(root, "dpkg-query", "-W", "-f=${Version}", "virtualgl")
+    assert vgl.stdout == "3.1.4-20251007"
+    # vglserver_config gave the GPU devices to vglusers; vglusers holds exactly the desktop user here (no
+    # driver, so no nvidia-persistenced account)
+    group = rootfs.run_in_root(root, "getent", "group", "vglusers").stdout.strip().split(":")
+    assert group[3] == "ubuntu", group
+    modprobe = (root / "etc/modprobe.d/virtualgl.conf").read_text()
+    assert f"NVreg_DeviceFileGID={group[2]} NVreg_DeviceFileMode=0660" in modprobe
     # the session script is the role's file; its settings point at TurboVNC's Xvnc on localhost
     session = root / "usr/local/libexec/scipioncloud/desktop-session"
     assert session.read_bytes() == (ROLE / "files/scipioncloud-desktop-session").read_bytes()

@@ -155,6 +155,15 @@ def test_driver_lifecycle_older_branch_switch_and_removal(tmp_path, rootfs_tarba
         ({"nvidia_driver_gpu_families": ["g4dn", "p2"]}, "cannot drive p2 (Tesla K80, Kepler)"),
         ({"nvidia_driver_gpu_families": ["g9x"]}, "Unknown GPU instance family 'g9x'"),
         ({"nvidia_driver_version": "570.195.03"}, "the version must lie in the branch"),
+        (
+            {"nvidia_driver_gpu_families": ["g4dn", "p3"], "nvidia_driver_kernel_modules": "open"},
+            "p3 (Tesla V100, Volta) cannot use the open kernel modules",
+        ),
+        (
+            {"nvidia_driver_gpu_families": ["p6-b200"], "nvidia_driver_kernel_modules": "proprietary"},
+            "p6-b200 (B200, Blackwell) needs NVIDIA's open kernel modules",
+        ),
+        ({"nvidia_driver_gpu_families": ["g6f"]}, "runs only NVIDIA's GRID guest driver"),
     ],
 )
 def test_impossible_combinations_fail_before_changing_anything(
@@ -199,6 +208,12 @@ def test_cuda_refuses_a_toolkit_that_cannot_work(tmp_path, rootfs_tarball, vendo
             ["linux-headers-generic", "nvidia-headless-580-server", "nvidia-utils-580-server"],
             "nvidia-dkms-580-server",
         ),
+        (  # open modules: Ubuntu's "-open" names; the precompiled ones carry the kernel's ABI version
+            "aws",
+            "open",
+            ["linux-modules-nvidia-580-server-open-aws", "nvidia-driver-580-server-open"],
+            "linux-modules-nvidia-580-server-open-6.8.0-1036-aws",
+        ),
     ],
 )
 def test_ubuntu_archive_choice_precompiled_modules_or_dkms(
@@ -206,12 +221,24 @@ def test_ubuntu_archive_choice_precompiled_modules_or_dkms(
 ):
     """Precompiled signed modules where the archive has them for the kernel flavour, DKMS otherwise."""
     with rootfs.disposable(tmp_path, rootfs_tarball) as root:
+        modules = {"test_kernel_modules": "open"} if headless == "open" else {}
         result = play(root, "nvidia_driver_ubuntu_choice.yml", vendor_apt_repo, test_flavour=flavour,
-                      test_headless=headless)  # fmt: skip
+                      test_headless=headless is True, **modules)  # fmt: skip
         assert result.rc == 0, result.summary()
         assert json.loads((root / "root/nvidia-driver-choice.json").read_text()) == expected
         status = in_root(root, "dpkg-query", "-W", "-f", "${db:Status-Abbrev}", installed)
         assert status.startswith("ii"), status
+
+
+def test_nvswitch_family_gets_the_fabric_manager_enabled(tmp_path, rootfs_tarball, vendor_apt_repo):
+    """p4d (A100, NVSwitch): nvidia-fabricmanager-<branch> installed with the driver, enabled at boot."""
+    with rootfs.disposable(tmp_path, rootfs_tarball) as root:
+        result = play(root, "nvidia_driver.yml", vendor_apt_repo, nvidia_driver_gpu_families=["p4d"])
+        assert result.rc == 0, result.summary()
+        status = in_root(root, "dpkg-query", "-W", "-f", "${db:Status-Abbrev}", "nvidia-fabricmanager-580")
+        assert status[:2] == "hi", status  # installed, and held with the rest of the driver
+        wants = root / "etc/systemd/system/multi-user.target.wants/nvidia-fabricmanager.service"
+        assert wants.is_symlink(), "nvidia-fabricmanager is not enabled at boot"
 
 
 def test_version_record_names_the_driver_and_toolkits_dpkg_installed(gpu_root):

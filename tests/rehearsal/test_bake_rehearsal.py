@@ -3,16 +3,20 @@ server on 127.0.0.1) whose real Ansible provisioner runs the real roles over SSH
 root filesystem (tests/support/sshd_target.py). Only the EC2 endpoint, the SSH target, verify_gpu (no GPU
 here) and, through the template's `ansible_overrides_file`, the vendor repositories (NVIDIA's CUDA repository
 -> the local signed stand-in on 127.0.0.1) and Scipion's plugin binaries (off: their sources are not
-reachable here) are overridden, as are TurboVNC's and VirtualGL's repositories (local signed stand-ins) and
-the two desktop steps that need systemd or a GPU device."""
+reachable here) are overridden, as are TurboVNC's and VirtualGL's repositories (local signed stand-ins).
+Every other step runs as in a real bake: the desktop's units are enabled (not started: the bake's
+scipioncloud_bake), vglserver_config runs (the stand-in writes the upstream's files), and apt's locks are
+held past apt's default 60 s wait when Packer connects, as unattended-upgrades does on a fresh Ubuntu AMI."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,12 +24,30 @@ import boto3
 import pytest
 
 from tests.conftest import REPO
-from tests.support import hygiene, rootfs, sshd_target
+from tests.support import hygiene, processes, rootfs, sshd_target
 from tests.support.moto_server import CANONICAL
 
-pytestmark = [pytest.mark.rehearsal, pytest.mark.root]
+# The whole bake runs in the module fixture: minutes on an idle machine, far more on a shared, loaded one.
+pytestmark = [pytest.mark.rehearsal, pytest.mark.root, pytest.mark.timeout(2700)]
 IMAGE = "scipion-desktop"
 HOME_REGION, COPY_REGION = "eu-west-1", "us-east-1"
+LOCK_HELD_S = 70  # after Ansible's first task: longer than apt's default 60 s lock wait
+SESSION_TRACES = (".vnc", ".Xauthority", ".ICEauthority", ".config/xfce4", ".dbus", "thumbnails")
+COMMON_ONLY = ("jq", "tmux", "htop", "unzip", "rsync")  # roles/common installs them; the base has none
+# What the rehearsal changes from a real bake, and the test that covers each changed step instead. Repository
+# URLs and keys point at the signed local stand-ins (same package names and version shapes); nothing else.
+COVERED_ELSEWHERE = {
+    "nvidia_driver_cuda_repo_url": "tests/unit/test_apt_pins.py",
+    "nvidia_driver_cuda_repo_key": "tests/integration/test_aptrepo.py",
+    "cuda_repo_url": "tests/unit/test_apt_pins.py",
+    "cuda_repo_key": "tests/integration/test_aptrepo.py",
+    "desktop_turbovnc_repo_url": "tests/unit/test_apt_pins.py",
+    "desktop_turbovnc_repo_key_url": "tests/integration/test_aptrepo.py",
+    "desktop_virtualgl_repo_url": "tests/unit/test_apt_pins.py",
+    "desktop_virtualgl_repo_key_url": "tests/integration/test_aptrepo.py",
+    "scipion_plugin_binaries": "tests/integration/test_scipion_role.py",
+    "verify_gpu": "tests/gpu/test_real_driver.py",  # make test-gpu, on a machine with an NVIDIA GPU
+}
 
 
 def host_fingerprint() -> dict[str, str]:
@@ -48,9 +70,29 @@ def host_fingerprint() -> dict[str, str]:
     return found
 
 
+def release_after_ansible_starts(root: Path, holder, lock: dict) -> None:
+    """Keep the apt locks until Ansible's first task has reached the build root (its temporary folder in
+    the login user's home) and LOCK_HELD_S more, then release them, as a first-boot upgrade would."""
+    deadline = time.monotonic() + 1800
+    while not (root / "home/ubuntu/.ansible").exists():
+        if time.monotonic() > deadline or holder.poll() is not None:
+            return
+        time.sleep(0.2)
+    lock["ansible_started"] = time.time()
+    time.sleep(LOCK_HELD_S)
+    processes.stop(holder)
+    lock["released"] = time.time()
+
+
 @pytest.fixture(scope="module")
 def rehearsal(
-    tmp_path_factory, moto_server, rootfs_tarball, vendor_apt_repo, turbovnc_apt_repo, virtualgl_apt_repo
+    tmp_path_factory,
+    moto_server,
+    rootfs_tarball,
+    vendor_apt_repo,
+    turbovnc_apt_repo,
+    virtualgl_apt_repo,
+    miniforge_standin,
 ):
     """One full bake; yields everything the tests look at."""
     moto_server.reset()
@@ -64,18 +106,24 @@ def rehearsal(
                 "cuda_repo_url": vendor_apt_repo.url,
                 "cuda_repo_key": vendor_apt_repo.key_url,
                 "scipion_plugin_binaries": False,
+                **miniforge_standin,  # Miniforge's installer: the stand-in on 127.0.0.1
+                # conda's pip reads certifi: the system bundle holds this machine's proxy CA
+                "scipion_pip_env": {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"},
                 "desktop_turbovnc_repo_url": turbovnc_apt_repo.url,
                 "desktop_turbovnc_repo_key_url": turbovnc_apt_repo.key_url,
                 "desktop_virtualgl_repo_url": virtualgl_apt_repo.url,
                 "desktop_virtualgl_repo_key_url": virtualgl_apt_repo.key_url,
-                "desktop_service_manage": False,  # the build root is a chroot: no systemd to ask
-                "desktop_vgl_configure": False,  # no GPU device to hand to vglusers
             }
         )
     )
     before = host_fingerprint()
     timings = {}
-    with rootfs.disposable(work, rootfs_tarball) as root:
+    with rootfs.disposable(work, rootfs_tarball) as root, rootfs.hold_apt_locks(root, 3600) as holder:
+        lock = {}
+        watcher = threading.Thread(
+            target=release_after_ansible_starts, args=(root, holder, lock), daemon=True
+        )
+        watcher.start()
         target = sshd_target.start(root, work / "sshd")
         try:
             env = {**os.environ, **moto_server.env(HOME_REGION)}
@@ -88,10 +136,11 @@ def rehearsal(
                 "--var", "verify_gpu=false", "--var", f"ansible_overrides_file={overrides}",
             ]  # fmt: skip
             started = time.monotonic()
-            bake = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+            bake = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)
             timings["bake_s"] = time.monotonic() - started
         finally:
             target.stop()
+        watcher.join(5)
         records = sorted((work / "build").glob(f"{IMAGE}-*[0-9].json"))
         record = json.loads(records[-1].read_text()) if records else {}
         audit = hygiene.audit(root)
@@ -101,10 +150,19 @@ def rehearsal(
             root,
             REPO / "roles/site.yml",
             vars_files=[REPO / "images" / f"{IMAGE}.yml", overrides],
-            extra_vars={"agent_wheel": str(wheel)},
+            extra_vars={"agent_wheel": str(wheel), "scipioncloud_bake": True},
         )
         timings["second_run_s"] = time.monotonic() - started
-        yield {"bake": bake, "record": record, "audit": audit, "again": again, "root_log": target.log()}
+        home = sorted(str(p.relative_to(root)) for p in (root / "home/ubuntu").rglob("*"))
+        info = root / "var/lib/dpkg/info"
+        unpacked = {
+            n: (info / f"{n}.list").stat().st_mtime for n in COMMON_ONLY if (info / f"{n}.list").exists()
+        }
+        yield {
+            "bake": bake, "record": record, "audit": audit, "again": again, "root_log": target.log(),
+            "root": root, "lock": lock, "home": home,
+            "unpacked": unpacked,
+        }  # fmt: skip
     timings["total_s"] = sum(timings.values())
     print(f"\nrehearsal timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     assert host_fingerprint() == before, "the rehearsal changed the machine running it"
@@ -144,12 +202,12 @@ def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server)
         assert tags["scipioncloud:image"] == IMAGE, tags
         assert tags["scipioncloud:version"] == "0.1.0"
         assert tags["scipioncloud:git"] == record["git_revision"] != "unknown"
-        assert tags["scipioncloud:ubuntu"] == "22.04"
+        assert tags["scipioncloud:ubuntu"] == "24.04"  # the default base
         assert tags["scipioncloud:gpu"] == "required"  # what `scipioncloud launch` checks types against
         assert tags["scipioncloud:scipioncloud"] == record["component_versions"]["scipioncloud"]
         base = ec2.describe_images(ImageIds=[tags["scipioncloud:base-ami"]])["Images"][0]
-        assert base["OwnerId"] == CANONICAL and "jammy-22.04" in base["Name"]
-        assert image["Name"].startswith(f"{IMAGE}-0.1.0-ubuntu-22.04-")
+        assert base["OwnerId"] == CANONICAL and "noble-24.04" in base["Name"]
+        assert image["Name"].startswith(f"{IMAGE}-0.1.0-ubuntu-24.04-")
         snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
         assert snapshots, image["BlockDeviceMappings"]
         for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
@@ -209,3 +267,68 @@ def _moto_client_args(moto_server) -> dict:
         "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
         "aws_session_token": env["AWS_SESSION_TOKEN"],
     }
+
+
+def test_bake_waited_for_the_apt_locks(rehearsal):
+    """apt's and dpkg's locks were held from before Packer connected until 70 s after Ansible's first task,
+    the bake's first package change came only after their release, and the bake passed: every apt task
+    waits (site.yml's lock_timeout) instead of failing after apt's default 60 s."""
+    assert rehearsal["bake"].returncode == 0, rehearsal["bake"].stdout[-3000:]
+    lock = rehearsal["lock"]
+    assert "ansible_started" in lock and "released" in lock, lock
+    assert lock["released"] - lock["ansible_started"] >= LOCK_HELD_S
+    # dpkg writes a package's file list when it unpacks it; these come from roles/common, not the base
+    # (sysprep empties /var/log, so dpkg.log cannot tell)
+    unpacked = rehearsal["unpacked"]
+    assert unpacked, "none of roles/common's packages was unpacked during the bake"
+    assert min(unpacked.values()) >= lock["released"] - 1, (unpacked, lock)
+
+
+def test_desktop_enabled_not_started_and_gpu_access_decided(rehearsal):
+    root = rehearsal["root"]
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("scipioncloud-desktop", "scipioncloud-websockify", "scipioncloud-desktop-firstboot"):
+        assert os.readlink(wants / f"{unit}.service") == f"/etc/systemd/system/{unit}.service", unit
+    # nothing of a desktop session in the desktop user's home (~/.cache is left by the scipion role's pip
+    # and matplotlib runs as this user: not a session's, reported separately)
+    session_traces = [p for p in rehearsal["home"] if any(t in p for t in SESSION_TRACES)]
+    assert session_traces == [], session_traces
+    # vglserver_config ran: the GPU devices go to vglusers, and vglusers holds exactly who needs the GPU
+    conf = (root / "etc/modprobe.d/virtualgl.conf").read_text()
+    gid = next(
+        line.split(":")[2]
+        for line in (root / "etc/group").read_text().splitlines()
+        if line.startswith("vglusers:")
+    )
+    assert f"NVreg_DeviceFileGID={gid} NVreg_DeviceFileMode=0660" in conf
+    members = next(
+        line.split(":")[3]
+        for line in (root / "etc/group").read_text().splitlines()
+        if line.startswith("vglusers:")
+    )
+    accounts = {line.split(":")[0] for line in (root / "etc/passwd").read_text().splitlines()}
+    expected = {"ubuntu"} | ({"nvidia-persistenced", "nvpd"} & accounts)
+    assert set(members.split(",")) == expected
+    # the second run (as a bake) asked systemd to start nothing
+    doc = json.loads(rehearsal["again"].stdout[rehearsal["again"].stdout.find("{") :])
+    states = [
+        (task["task"]["name"], task["hosts"].get("rootfs", {}).get("invocation", {}).get("module_args", {}))
+        for play in doc["plays"] for task in play["tasks"]
+    ]  # fmt: skip
+    started = [
+        (name, args["state"]) for name, args in states if args.get("state") in ("started", "restarted")
+    ]
+    assert started == [], started
+
+
+def test_every_step_the_rehearsal_changes_is_covered_by_another_test():
+    source = Path(__file__).read_text()
+    changed = set(
+        re.findall(
+            r'^\s+"(\w+)": (?:vendor_apt_repo|turbovnc_apt_repo|virtualgl_apt_repo|False|True)', source, re.M
+        )
+    )
+    changed |= set(re.findall(r'"--var", "(\w+)=false"', source))
+    assert changed == set(COVERED_ELSEWHERE), changed ^ set(COVERED_ELSEWHERE)
+    for test in COVERED_ELSEWHERE.values():
+        assert (REPO / test).exists(), test

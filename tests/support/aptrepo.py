@@ -115,6 +115,17 @@ echo "No devices were found"
 exit 9
 """
 
+FABRICMANAGER_UNIT = """[Unit]
+Description=NVIDIA fabric manager service
+
+[Service]
+Type=forking
+ExecStart=/usr/bin/nv-fabricmanager -c /usr/share/nvidia/nvswitch/fabricmanager.cfg
+
+[Install]
+WantedBy=multi-user.target
+"""
+
 PERSISTENCED_UNIT = """[Unit]
 Description=NVIDIA Persistence Daemon
 Wants=syslog.target
@@ -248,30 +259,7 @@ def _driver_ubuntu_style(branch: str, version: str, cuda: str) -> list[FakeDeb]:
     same = f"(= {v})"
     srv = f"{branch}-server"
     lib = "/usr/lib/x86_64-linux-gnu"
-    return [
-        FakeDeb(
-            f"nvidia-driver-{srv}",
-            v,
-            depends=(
-                f"nvidia-utils-{srv} {same}",
-                f"libnvidia-compute-{srv} {same}",
-                f"nvidia-compute-utils-{srv} {same}",
-                f"nvidia-dkms-{srv} {same} | linux-modules-nvidia-{srv}-aws",
-            ),
-            description=f"NVIDIA driver metapackage, server branch {branch}",
-        ),
-        FakeDeb(
-            f"nvidia-headless-no-dkms-{srv}",
-            v,
-            depends=(f"libnvidia-compute-{srv} {same}", f"nvidia-compute-utils-{srv} {same}"),
-            description=f"NVIDIA headless metapackage, no DKMS, server branch {branch}",
-        ),
-        FakeDeb(
-            f"nvidia-headless-{srv}",
-            v,
-            depends=(f"nvidia-headless-no-dkms-{srv} {same}", f"nvidia-dkms-{srv} {same}"),
-            description=f"NVIDIA headless metapackage with DKMS, server branch {branch}",
-        ),
+    packages = [
         FakeDeb(
             f"nvidia-utils-{srv}",
             v,
@@ -292,17 +280,97 @@ def _driver_ubuntu_style(branch: str, version: str, cuda: str) -> list[FakeDeb]:
                 "/usr/bin/nvidia-persistenced": "#!/bin/sh\nexit 1\n",
                 "/lib/systemd/system/nvidia-persistenced.service": PERSISTENCED_UNIT,
             },
+            # the daemon drops to this account (its unit's --user): it must keep access to /dev/nvidia*
+            postinst="""
+                getent passwd nvidia-persistenced >/dev/null || useradd --system --no-create-home \\
+                  --home-dir /nonexistent --shell /usr/sbin/nologin nvidia-persistenced
+                """,
+        ),
+    ]
+    # Open kernel modules (required on Blackwell, NVIDIA's default from Turing on): the same user space,
+    # "-open" names for what holds or builds the kernel module.
+    for suffix, kmod in (("", "nvidia"), ("-open", "nvidia-open")):
+        packages += [
+            FakeDeb(
+                f"nvidia-driver-{srv}{suffix}",
+                v,
+                depends=(
+                    f"nvidia-utils-{srv} {same}",
+                    f"libnvidia-compute-{srv} {same}",
+                    f"nvidia-compute-utils-{srv} {same}",
+                    f"nvidia-dkms-{srv}{suffix} {same} | linux-modules-nvidia-{srv}{suffix}-aws",
+                ),
+                description=f"NVIDIA driver metapackage, server branch {branch}{suffix}",
+            ),
+            FakeDeb(
+                f"nvidia-headless-no-dkms-{srv}{suffix}",
+                v,
+                depends=(f"libnvidia-compute-{srv} {same}", f"nvidia-compute-utils-{srv} {same}"),
+                description=f"NVIDIA headless metapackage, no DKMS, server branch {branch}{suffix}",
+            ),
+            FakeDeb(
+                f"nvidia-headless-{srv}{suffix}",
+                v,
+                depends=(
+                    f"nvidia-headless-no-dkms-{srv}{suffix} {same}",
+                    f"nvidia-dkms-{srv}{suffix} {same}",
+                ),
+                description=f"NVIDIA headless metapackage with DKMS, server branch {branch}{suffix}",
+            ),
+            FakeDeb(
+                f"nvidia-dkms-{srv}{suffix}",
+                v,
+                files={f"/usr/src/{kmod}-srv-{version}/dkms.conf": f"PACKAGE_NAME={kmod}\n"},
+            ),
+            *_precompiled_modules(f"{srv}{suffix}", f"{branch}-server", version),
+        ]
+    packages.append(
+        FakeDeb(
+            f"nvidia-kernel-common-{srv}",
+            v,
+            provides=(f"nvidia-kernel-common-{srv}-{version}",),
+            files={f"/usr/share/doc/nvidia-kernel-common-{srv}/VERSION": version + "\n"},
+        )
+    )
+    # NVSwitch systems (p4d, p5, p5e, p6-b200): Ubuntu's fabric-manager-<branch> source, same version shape.
+    packages.append(
+        FakeDeb(
+            f"nvidia-fabricmanager-{branch}",
+            v,
+            depends=(f"nvidia-kernel-common-{srv}-{version}",),
+            files={
+                "/usr/bin/nv-fabricmanager": "#!/bin/sh\necho 'stand-in: no NVSwitch found' >&2\nexit 1\n",
+                "/lib/systemd/system/nvidia-fabricmanager.service": FABRICMANAGER_UNIT,
+            },
+            description="Fabric Manager for NVSwitch based systems.",
+        )
+    )
+    return packages
+
+
+# Ubuntu's precompiled modules (source linux-restricted-modules-aws) are versioned like the kernel ABI they
+# were built for, not like the driver: linux-modules-nvidia-580-server-open-aws (6.8.0-1036.38) depends on
+# linux-modules-nvidia-580-server-open-6.8.0-1036-aws (= 6.8.0-1036.38) and
+# nvidia-kernel-common-580-server (>= 580.x). An apt pin on "580.*" can never match them.
+KERNEL_ABI = ("6.8.0-1036", "38")
+
+
+def _precompiled_modules(name: str, common: str, version: str) -> list[FakeDeb]:
+    abi, upload = KERNEL_ABI
+    kernel_version = f"{abi}.{upload}"
+    per_kernel = f"linux-modules-nvidia-{name}-{abi}-aws"
+    return [
+        FakeDeb(
+            f"linux-modules-nvidia-{name}-aws",
+            kernel_version,
+            depends=(f"{per_kernel} (= {kernel_version})", f"nvidia-kernel-common-{common} (>= {version})"),
+            description=f"Extra drivers for nvidia-{name} for the aws flavour",
         ),
         FakeDeb(
-            f"nvidia-dkms-{srv}",
-            v,
-            files={f"/usr/src/nvidia-srv-{version}/dkms.conf": "PACKAGE_NAME=nvidia\n"},
-        ),
-        FakeDeb(
-            f"linux-modules-nvidia-{srv}-aws",
-            v,
-            description="precompiled, signed NVIDIA kernel modules for the aws kernel flavour",
-            files={f"/usr/share/doc/linux-modules-nvidia-{srv}-aws/VERSION": version + "\n"},
+            per_kernel,
+            kernel_version,
+            files={f"/lib/modules/{abi}-aws/kernel/nvidia-{name}/VERSION": version + "\n"},
+            description=f"Linux kernel nvidia modules for version {abi}",
         ),
     ]
 
@@ -408,45 +476,84 @@ def nvidia_packages() -> list[FakeDeb]:
     return packages
 
 
-def turbovnc_packages(version: str = "3.1.2") -> list[FakeDeb]:
-    banner = f"TurboVNC Server (Xvnc) 64-bit v{version} (build 20240808)"
-    stub = (
-        "#!/bin/sh\n"
-        f'case "$1" in -version|--version|-v) echo "{banner}"; exit 0;; esac\n'
-        'echo "$(basename "$0"): test repository stand-in for TurboVNC; it cannot run a server" >&2\n'
-        "exit 1\n"
-    )
-    return [
-        FakeDeb(
-            "turbovnc",
-            version,
-            files={
-                "/opt/TurboVNC/bin/vncserver": stub,
-                "/opt/TurboVNC/bin/Xvnc": stub,
-                "/opt/TurboVNC/bin/vncpasswd": stub,
-                "/etc/turbovncserver.conf": '# $geometry = "1240x900";\n',
-                "/etc/turbovncserver-security.conf": "# permitted-security-types = TLSVnc\n",
-            },
-            description="A highly-optimized version of VNC that can be used with VirtualGL",
+# TurboVNC and VirtualGL .debs are versioned VERSION-BUILD (release/deb-control.in: `Version:
+# @VERSION@-@BUILD@`), BUILD defaulting to the build day (CMakeLists.txt: `string(TIMESTAMP DEFAULT_BUILD
+# "%Y%m%d")`). BUILD here is the release tag's commit day (TurboVNC 3.3: 2026-02-06, 3.2.1: 2025-10-07;
+# VirtualGL 3.1.4: 2025-10-07, 3.1.3: 2025-04-08); the vendor's build day may differ, hence the role's
+# VERSION-* pins.
+TURBOVNC_RELEASES = (("3.3", "20260206"), ("3.2.1", "20251007"))
+VIRTUALGL_RELEASES = (("3.1.4", "20251007"), ("3.1.3", "20250408"))
+
+
+def turbovnc_packages(releases: Iterable[tuple[str, str]] = TURBOVNC_RELEASES) -> list[FakeDeb]:
+    """Every release in `releases` (VERSION, BUILD): the pin must pick the wanted one among several."""
+    packages = []
+    for version, build in releases:
+        banner = f"TurboVNC Server (Xvnc) 64-bit v{version} (build {build})"
+        stub = (
+            "#!/bin/sh\n"
+            f'case "$1" in -version|--version|-v) echo "{banner}"; exit 0;; esac\n'
+            'echo "$(basename "$0"): test repository stand-in for TurboVNC; it cannot run a server" >&2\n'
+            "exit 1\n"
         )
-    ]
+        packages.append(
+            FakeDeb(
+                "turbovnc",
+                f"{version}-{build}",
+                files={
+                    "/opt/TurboVNC/bin/vncserver": stub,
+                    "/opt/TurboVNC/bin/Xvnc": stub,
+                    "/opt/TurboVNC/bin/vncpasswd": stub,
+                    "/etc/turbovncserver.conf": '# $geometry = "1240x900";\n',
+                    "/etc/turbovncserver-security.conf": "# permitted-security-types = TLSVnc\n",
+                },
+                description="A highly-optimized version of VNC that can be used with VirtualGL",
+            )
+        )
+    return packages
 
 
-def virtualgl_packages(version: str = "3.1.1") -> list[FakeDeb]:
+# What VirtualGL 3.1.4's server/vglserver_config does for `-config +egl` with its defaults (-s -f: vglusers
+# only): `groupadd vglusers`, /etc/modprobe.d/virtualgl.conf giving /dev/nvidia* to root:vglusers 0660
+# (NVreg_DeviceFile*), /etc/udev/rules.d/99-virtualgl-dri.rules giving /dev/dri/card* and renderD* to
+# root:vglusers 0660. It also chmods the device nodes that exist now; this stand-in does not (the test
+# root's /dev is the host's), and it never unloads modules.
+VGLSERVER_CONFIG = """#!/bin/sh
+# Stand-in for VirtualGL's vglserver_config: the files it writes for -config +egl, not the device nodes.
+set -e
+if [ "$1" != "-config" ] || [ "$2" != "+egl" ]; then
+  echo "stand-in vglserver_config: only -config +egl" >&2; exit 1
+fi
+echo "... Creating vglusers group ..."
+groupadd vglusers 2>/dev/null || echo "Could not add vglusers group (probably because it already exists.)"
+gid=$(getent group vglusers | cut -d: -f3)
+echo "... Creating /etc/modprobe.d/virtualgl.conf to set requested permissions for /dev/nvidia* ..."
+mkdir -p /etc/modprobe.d /etc/udev/rules.d
+echo "options nvidia NVreg_DeviceFileUID=0 NVreg_DeviceFileGID=$gid NVreg_DeviceFileMode=0660" \
+  > /etc/modprobe.d/virtualgl.conf
+chmod 644 /etc/modprobe.d/virtualgl.conf
+echo 'KERNEL=="card*|renderD*", MODE="0660", OWNER="root", GROUP="vglusers"' \
+  > /etc/udev/rules.d/99-virtualgl-dri.rules
+echo "... stand-in: device nodes left alone (the test root's /dev is the host's) ..."
+"""
+
+
+def virtualgl_packages(releases: Iterable[tuple[str, str]] = VIRTUALGL_RELEASES) -> list[FakeDeb]:
     return [
         FakeDeb(
             "virtualgl",
-            version,
+            f"{version}-{build}",
             files={
                 # Like the real vglrun: marks the environment (VGL_ISACTIVE=1) and runs the command; no
                 # OpenGL interposing here (no GPU, no libvglfaker).
                 "/opt/VirtualGL/bin/vglrun": '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\n'
                 'VGL_ISACTIVE=1\nexport VGL_ISACTIVE\nexec "$@"\n',
-                "/opt/VirtualGL/bin/vglserver_config": "#!/bin/sh\necho stand-in >&2\n",
+                "/opt/VirtualGL/bin/vglserver_config": VGLSERVER_CONFIG,
                 "/opt/VirtualGL/bin/glxinfo": "#!/bin/sh\necho 'OpenGL vendor string: Mesa (stand-in)'\n",
             },
             description="A toolkit for displaying OpenGL applications to thin clients",
         )
+        for version, build in releases
     ]
 
 

@@ -32,6 +32,9 @@ API (all paths are `pathlib.Path`):
         `assert second.changed == 0, second.summary()`.
     run_in_root(root, *argv) -> CompletedProcess
         a command chrooted into the copy (same private mount namespace), e.g. for hygiene checks.
+    hold_apt_locks(root, seconds) -> context manager yielding the holder's Popen
+        holds apt's and dpkg's locks in the copy for `seconds`, as unattended-upgrades does on an
+        Ubuntu cloud image's first boot; returns once they are held.
 
 Typical use (the `rootfs_tarball` session fixture in tests/conftest.py calls tarball()):
 
@@ -375,3 +378,40 @@ def run_playbook(
         return PlaybookResult(proc.returncode, proc.stdout, proc.stderr, stats, changed, failed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# The locks apt-get update (lists) and dpkg/apt installs (lock-frontend, then lock) take: fcntl record locks
+# (apt-pkg's GetLock uses F_SETLK), so the holder uses lockf, which conflicts with them across namespaces.
+APT_LOCKS = ("var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock", "var/lib/apt/lists/lock")
+_HOLD_SCRIPT = """import fcntl, sys, time
+seconds, paths = float(sys.argv[1]), sys.argv[2:]
+files = [open(p, "a") for p in paths]
+for f in files:
+    fcntl.lockf(f, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(seconds)
+print("released", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def hold_apt_locks(root: Path, seconds: float) -> Iterator[subprocess.Popen]:
+    """apt and dpkg in `root` find their locks taken for `seconds` (from when this returns)."""
+    paths = [root / lock for lock in APT_LOCKS]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SCRIPT, str(seconds), *map(str, paths)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = holder.stdout.readline().strip()  # type: ignore[union-attr]
+        if line != "held":
+            raise RuntimeError(f"could not take the apt locks in {root}: {line!r}")
+        yield holder
+    finally:
+        from tests.support import processes
+
+        processes.stop(holder)
+        holder.stdout.close()  # type: ignore[union-attr]

@@ -30,6 +30,25 @@ def test_every_family_in_the_table_is_documented_with_its_gpu_and_branches():
             assert "newer" in row, row
 
 
+def test_open_modules_and_fabric_manager_are_documented_and_consistent():
+    for family, gpu in TABLE.items():
+        row = readme_row(family)
+        assert gpu["open_modules"] in ("unsupported", "recommended", "required"), family
+        expected = {
+            "unsupported": "proprietary only",
+            "recommended": "open recommended",
+            "required": "open required",
+        }
+        assert expected[gpu["open_modules"]] in row, row
+        assert ("required (NVSwitch)" in row) == bool(gpu.get("fabricmanager")), row
+        # no GSP before Turing: open modules cannot run there; Blackwell runs nothing else
+        if gpu["architecture"] in ("Kepler", "Maxwell", "Pascal", "Volta"):
+            assert gpu["open_modules"] == "unsupported", family
+        if gpu["architecture"] == "Blackwell":
+            assert gpu["open_modules"] == "required", family
+    assert {"p5e", "p5en", "p6-b200", "g6e", "g6f", "gr6"} <= set(TABLE)
+
+
 def test_branch_ranges_are_consistent_and_the_default_branch_drives_g3_to_p5():
     for family, gpu in TABLE.items():
         assert gpu["max_branch"] is None or gpu["min_branch"] <= gpu["max_branch"], family
