@@ -33,7 +33,7 @@ setup: $(STAMP) ## Make .venv (project + test extras), .venv-scipion (pyworkflow
 deps: ## Install the Debian packages the tests use (apt-get; only what is missing)
 	@tools/apt-deps tools/apt-packages.txt
 
-test: deps setup ## Install what the tests need, then run the whole suite
+test: deps setup lint ## Install what the tests need, lint (as CI), then run the whole suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-gpu: setup ## Run the GPU checks against a real NVIDIA driver (skips without one)

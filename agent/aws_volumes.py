@@ -8,10 +8,10 @@ installed botocore knows it, and ignored otherwise."""
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 from typing import Any
+
+from agent.imds import DEFAULT_URL, ImdsClient, ImdsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -19,24 +19,12 @@ log = logging.getLogger(__name__)
 def _imds_region(imds_url: str, timeout: float) -> str | None:
     """The instance's region from IMDSv2, or None off EC2."""
     try:
-        put = urllib.request.Request(  # noqa: S310 - the fixed IMDS URL from the config
-            imds_url + "/latest/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-        )
-        with urllib.request.urlopen(put, timeout=timeout) as response:  # noqa: S310 - fixed IMDS URL
-            token = response.read().decode()
-        get = urllib.request.Request(  # noqa: S310
-            imds_url + "/latest/dynamic/instance-identity/document",
-            headers={"X-aws-ec2-metadata-token": token},
-        )
-        with urllib.request.urlopen(get, timeout=timeout) as response:  # noqa: S310
-            return json.load(response).get("region")
-    except (OSError, ValueError):
+        return ImdsClient(imds_url, timeout).identity_document().get("region")
+    except (ImdsUnavailable, ValueError):
         return None
 
 
-def ec2_client(timeout: float, imds_url: str = "http://169.254.169.254") -> Any | None:
+def ec2_client(timeout: float, imds_url: str = DEFAULT_URL) -> Any | None:
     """A boto3 EC2 client with short timeouts, or None when there are no credentials or no region."""
     try:
         import boto3
@@ -53,10 +41,12 @@ def ec2_client(timeout: float, imds_url: str = "http://169.254.169.254") -> Any 
     return session.client("ec2", region_name=region, config=config)
 
 
-def initialization_status(volume_id: str, *, client: Any | None = None, timeout: float = 2.0) -> dict | None:
+def initialization_status(
+    volume_id: str, *, client: Any | None = None, timeout: float = 2.0, imds_url: str = DEFAULT_URL
+) -> dict | None:
     """What AWS says about the volume's initialization, or None when AWS cannot be asked."""
     try:
-        client = client or ec2_client(timeout)
+        client = client or ec2_client(timeout, imds_url)
         if client is None:
             return None
         response = client.describe_volume_status(VolumeIds=[volume_id])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from agent import __version__
-from agent.config import ConfigError, load
+from agent.config import DEFAULT_MOUNT_FORMAT, MOUNT_FORMATS, ConfigError, load
 from agent.token import TokenError
 
 log = logging.getLogger("agent")
@@ -161,7 +161,11 @@ def prewarm(
 @click.argument("device")
 @click.argument("mountpoint")
 @click.option(
-    "--format", "format_", type=click.Choice(["never", "if-blank"]), default="never", show_default=True
+    "--format",
+    "format_",
+    type=click.Choice(MOUNT_FORMATS),
+    default=DEFAULT_MOUNT_FORMAT,
+    show_default=True,
 )
 @click.option("--fstype", type=click.Choice(["ext4", "xfs"]), default="ext4", show_default=True)
 @click.option("--label", help="Filesystem label when formatting.")
@@ -200,3 +204,109 @@ def mount(
             f"{result['device']} {done.format(fstype=result['fstype'])} at {result['mountpoint']}"
             f" (UUID={result['uuid']}, fstab {'updated' if result['fstab_changed'] else 'unchanged'})"
         )
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Agent TOML config file.")
+def token(config_path: Path | None) -> None:
+    """Make the agent token (mode 0600) where the config says, unless it exists; never prints it.
+
+    The one program that makes the token: the first-boot hook runs it, and the agent itself on its first
+    start (the same function)."""
+    from agent.token import ensure_token
+
+    path = Path(load_or_exit(config_path).server.token_file)
+    existed = path.exists()
+    try:
+        ensure_token(path)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"agent token {'kept' if existed else 'made'}: {path}")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Agent TOML config file.")
+@click.option(
+    "--file",
+    "user_data_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Apply this saved user data instead of asking the instance metadata service.",
+)
+@click.option(
+    "--imds-url",
+    envvar="SCIPIONCLOUD_IMDS_URL",
+    help="Instance metadata service address [default: the config's host.imds_url].",
+)
+def userdata(config_path: Path | None, user_data_file: Path | None, imds_url: str | None) -> None:
+    """Apply the agent settings of `scipioncloud launch` (EC2 user data) to the config file.
+
+    User data of another kind (#cloud-config) or none at all changes nothing; off EC2 neither."""
+    from agent import userdata as launch
+    from agent.config import DEFAULT_PATH
+    from agent.imds import ImdsClient, ImdsUnavailable
+
+    path = config_path or DEFAULT_PATH
+    if user_data_file is not None:
+        text = user_data_file.read_text()
+    else:
+        config = load_or_exit(config_path)
+        try:
+            raw = ImdsClient(imds_url or config.host.imds_url, timeout_s=2).user_data()
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        except ImdsUnavailable as exc:
+            click.echo(f"agent-userdata: no instance metadata service ({exc}); nothing to apply")
+            return
+        if raw is None:
+            click.echo("agent-userdata: the instance has no user data; nothing to apply")
+            return
+        text = raw.decode(errors="replace")
+    try:
+        changed = launch.apply(text, path)
+    except (OSError, launch.UserDataError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: {'user data applied' if changed else 'user data is not ours; nothing to do'}")
+
+
+@main.command("version-info")
+@click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON here.")
+@click.option(
+    "--expect",
+    multiple=True,
+    help="A component that must be installed (nvidia_driver, cuda, turbovnc, virtualgl, scipion, ...).",
+)
+def version_info(root: Path, out: Path | None, expect: tuple[str, ...]) -> None:
+    """Record what is installed (Debian packages, Python environments, the components' exact versions)."""
+    import json
+
+    from agent import version_info as vi
+
+    try:
+        info = vi.collect(root)
+        vi.check_expected(info, list(expect))
+    except (OSError, vi.VersionInfoError) as exc:
+        raise click.ClickException(f"version-info: {exc}") from None
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    for name, version in vi.flat(info).items():
+        click.echo(f"{name}: {version}")
+
+
+@main.command("desktop-firstboot")
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def desktop_firstboot(config_path: Path | None) -> None:
+    """Make the desktop's per-instance secrets that are missing (the desktop role's unit, every boot)."""
+    from agent.desktop import firstboot
+    from agent.desktop.password import PasswordError
+
+    try:
+        firstboot.run(config_path or firstboot.DEFAULT_CONFIG)
+    except (OSError, KeyError, ValueError, PasswordError, firstboot.FirstbootError) as exc:
+        raise click.ClickException(f"desktop-firstboot: {exc}") from None

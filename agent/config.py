@@ -14,6 +14,14 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DEFAULT_PATH = Path("/etc/scipioncloud/agent.toml")
+# The contract others import (the operator's CLI, the roles' tests) instead of restating it.
+DEFAULT_BIND = "127.0.0.1:9777"
+DEFAULT_PORT = int(DEFAULT_BIND.rsplit(":", 1)[1])
+DEFAULT_TOKEN_FILE = Path("/etc/scipioncloud/agent.token")
+# Mounting a volume: "never" mounts the filesystem it holds; "if-blank" formats it only when proven blank.
+# The one default for the agent's CLI, its HTTP API and the operator's CLI: never format unless asked.
+MOUNT_FORMATS = ("never", "if-blank")
+DEFAULT_MOUNT_FORMAT = "never"
 
 
 class ConfigError(ValueError):
@@ -22,8 +30,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ServerConfig:
-    bind: str = "127.0.0.1:9777"
-    token_file: Path = Path("/etc/scipioncloud/agent.token")
+    bind: str = DEFAULT_BIND
+    token_file: Path = DEFAULT_TOKEN_FILE
     threads: int = 8
     max_body_bytes: int = 64 * 1024
     # Open connections waitress accepts (its default, 100, lets 100 idle or slow clients lock everyone

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
+from prometheus_client.core import Metric
 
-from agent import nvml, services
+from agent import collectors, nvml, services
 from agent.config import Config
 from agent.openapi import operation
 
@@ -121,6 +123,7 @@ def init_app(app: Flask, config: Config) -> None:
     services.register(
         app, SERVICE, GpuSampler(nvml.Reader(), config.gpu.interval_s, config.gpu.call_timeout_s)
     )
+    collectors.register(app, "gpu", collect_metrics)
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -147,3 +150,63 @@ def report_json(report: Report) -> dict[str, Any]:
 @bp.get("/v1/gpus")
 def get_gpus():
     return jsonify(report_json(sampler(current_app).report()))
+
+
+GPU_LABELS = ["gpu", "uuid", "model"]
+# (metric suffix, help, field in /v1/gpus, scale to the metric's unit)
+GPU_GAUGES = [
+    ("gpu_utilization_ratio", "GPU busy time over the last sample period", "utilization_gpu_pct", 0.01),
+    ("gpu_memory_utilization_ratio", "Memory controller busy time", "utilization_memory_pct", 0.01),
+    ("gpu_memory_used_bytes", "GPU memory in use", "memory_used_bytes", 1),
+    ("gpu_memory_total_bytes", "GPU memory installed", "memory_total_bytes", 1),
+    ("gpu_temperature_celsius", "GPU core temperature", "temperature_c", 1),
+    ("gpu_power_draw_watts", "Power drawn by the board", "power_draw_w", 1),
+    ("gpu_power_limit_watts", "Enforced power limit", "power_limit_w", 1),
+    ("gpu_sm_clock_hertz", "Streaming multiprocessor clock", "sm_clock_mhz", 1e6),
+    ("gpu_memory_clock_hertz", "Memory clock", "memory_clock_mhz", 1e6),
+]
+
+
+def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
+    report = sampler(app).report()
+    sweep = report.sweep
+    state = collectors.gauge("nvml_state", "1 for the current NVML state of the agent", ["state"])
+    for name in nvml.STATES:
+        state.add_metric([name], 1.0 if sweep.state == name else 0.0)
+    out: list[Metric] = [state]
+    age = collectors.gauge("gpu_sample_age_seconds", "Age of the NVML sample these GPU figures come from")
+    if report.age_s is not None:
+        age.add_metric([], report.age_s)
+    out.append(age)
+    stale = collectors.gauge(
+        "gpu_sample_stale", "1 when the NVML sample is stale (a call hung or the sampler stopped)"
+    )
+    stale.add_metric([], 1.0 if report.stale else 0.0)
+    out.append(stale)
+    info = collectors.gauge(
+        "gpu_info", "GPU identity", [*GPU_LABELS, "pci_bus_id", "driver_version", "cuda_version"]
+    )
+    families = {suffix: collectors.gauge(suffix, text, GPU_LABELS) for suffix, text, _, _ in GPU_GAUGES}
+    procs = collectors.gauge(
+        "gpu_process_memory_used_bytes", "GPU memory used per process", [*GPU_LABELS, "pid", "process"]
+    )
+    xid = collectors.gauge(
+        "gpu_last_xid_timestamp_seconds", "Time of the last critical Xid event", [*GPU_LABELS, "xid"]
+    )
+    for gpu in sweep.gpus:
+        labels = [str(gpu["index"]), gpu["uuid"], gpu["name"] or ""]
+        info.add_metric(
+            [*labels, gpu["pci_bus_id"] or "", sweep.driver_version or "", sweep.cuda_version or ""], 1.0
+        )
+        for suffix, _, key, scale in GPU_GAUGES:
+            if gpu[key] is not None:
+                families[suffix].add_metric(labels, gpu[key] * scale)
+        for proc in gpu["processes"] or []:
+            if proc["memory_used_bytes"] is not None:
+                procs.add_metric([*labels, str(proc["pid"]), proc["name"] or ""], proc["memory_used_bytes"])
+        if gpu["last_xid"]:
+            xid.add_metric([*labels, str(gpu["last_xid"]["xid"])], gpu["last_xid"]["time"])
+    out += [info, *families.values(), procs, xid]
+    # No GPU stack at all is a healthy answer for this collector; a lost GPU or a hung driver is not.
+    ok = not report.stale and sweep.state in (nvml.OK, nvml.NO_DRIVER, nvml.LIBRARY_NOT_FOUND)
+    return iter(out), ok

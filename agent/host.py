@@ -7,20 +7,20 @@ with a short timeout: off EC2 it is null and no request ever waits for it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
 from flask import Blueprint, Flask, current_app, jsonify
+from prometheus_client.core import Metric
 
-from agent import services
+from agent import collectors, services
 from agent.config import Config
+from agent.imds import ImdsClient, ImdsUnavailable
 from agent.openapi import operation
 
 log = logging.getLogger(__name__)
@@ -85,38 +85,21 @@ class CpuMeter:
 
 
 class InstanceIdentity:
-    """The EC2 identity document through IMDSv2, fetched once in the background."""
-
-    TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-    TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name, not a secret
+    """The EC2 identity document through IMDSv2 (agent.imds), fetched once in the background."""
 
     def __init__(self, base_url: str, timeout_s: float, attempts: int = 3) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"host.imds_url must be an http(s) URL, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
+        self.client = ImdsClient(base_url, timeout_s, token_ttl_s=21600)  # refuses a non-http(s) URL
+        self.base_url = self.client.base_url
         self.attempts = attempts
         self.state = "pending"  # pending -> found | unavailable
         self.error: str | None = None
         self.identity: dict[str, Any] | None = None
-        # IMDS is link-local: never send it through an HTTP proxy from the environment.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._thread: threading.Thread | None = None
-
-    def _call(self, method: str, path: str, headers: dict[str, str]) -> bytes:
-        url = self.base_url + path  # scheme checked in __init__
-        request = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310
-        with self._opener.open(request, timeout=self.timeout_s) as response:
-            return response.read()
 
     def fetch(self) -> None:
         for attempt in range(self.attempts):
             try:
-                token = self._call("PUT", "/latest/api/token", {self.TTL_HEADER: "21600"}).decode()
-                raw = self._call(
-                    "GET", "/latest/dynamic/instance-identity/document", {self.TOKEN_HEADER: token}
-                )
-                doc = json.loads(raw)
+                doc = self.client.identity_document()
                 self.identity = {
                     "instance_id": doc["instanceId"],
                     "instance_type": doc["instanceType"],
@@ -126,8 +109,9 @@ class InstanceIdentity:
                 }
                 self.state, self.error = "found", None
                 return
-            except (OSError, ValueError, KeyError) as exc:  # URLError/timeouts are OSError
-                self.error = f"IMDSv2 at {self.base_url} did not answer: {exc}"
+            except (ImdsUnavailable, KeyError, TypeError) as exc:
+                missing = not isinstance(exc, ImdsUnavailable)
+                self.error = f"identity document lacks {exc}" if missing else str(exc)
                 if attempt + 1 < self.attempts:
                     time.sleep(0.2 * (attempt + 1))
         self.state = "unavailable"
@@ -172,6 +156,7 @@ def sampler(app: Flask) -> HostSampler:
 def init_app(app: Flask, config: Config) -> None:
     identity = InstanceIdentity(config.host.imds_url, config.host.imds_timeout_s)
     services.register(app, SERVICE, HostSampler(CpuMeter(), identity, config.host.interval_s))
+    collectors.register(app, "host", collect_metrics)
 
 
 def disks() -> list[dict[str, Any]]:
@@ -241,3 +226,48 @@ def snapshot(host: HostSampler) -> dict[str, Any]:
 @bp.get("/v1/host")
 def get_host():
     return jsonify(snapshot(sampler(current_app)))
+
+
+def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
+    out: list[Metric] = []
+    total, per_core = sampler(app).meter.current()
+    cpu = collectors.gauge(
+        "host_cpu_utilization_ratio", "Share of all CPU time spent busy over the last interval"
+    )
+    core = collectors.gauge("host_cpu_core_utilization_ratio", "Share of one core's time spent busy", ["cpu"])
+    if total is not None:
+        cpu.add_metric([], total / 100)
+        for index, pct in enumerate(per_core or []):
+            core.add_metric([str(index)], pct / 100)
+    out += [cpu, core]
+    memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+    for name, text, value in (
+        ("host_memory_total_bytes", "Physical memory", memory.total),
+        ("host_memory_available_bytes", "Memory available without swapping", memory.available),
+        ("host_swap_total_bytes", "Swap space", swap.total),
+        ("host_swap_used_bytes", "Swap in use", swap.used),
+        ("host_uptime_seconds", "Time since boot", time.time() - psutil.boot_time()),
+    ):
+        family = collectors.gauge(name, text)
+        family.add_metric([], value)
+        out.append(family)
+    load = collectors.gauge("host_load_average", "Run-queue load average", ["window"])
+    for window, value in zip(("1m", "5m", "15m"), psutil.getloadavg(), strict=True):
+        load.add_metric([window], value)
+    out.append(load)
+    identity = sampler(app).identity.identity
+    if identity:
+        info = collectors.gauge(
+            "host_instance_info", "EC2 instance identity", ["instance_id", "instance_type", "region", "az"]
+        )
+        info.add_metric(
+            [
+                identity["instance_id"],
+                identity["instance_type"],
+                identity["region"],
+                identity["availability_zone"],
+            ],
+            1.0,
+        )
+        out.append(info)
+    return iter(out), True

@@ -20,14 +20,15 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
+from prometheus_client.core import Metric
 
-from agent import gpus, services
+from agent import collectors, gpus, services
 from agent.config import Config, IdleConfig
 from agent.errors import ApiError, json_body
 from agent.openapi import operation
@@ -352,6 +353,7 @@ def init_app(app: Flask, config: Config) -> None:
     )
     monitor = IdleMonitor(app, config.idle, notifier=notifier, state_dir=config.storage.state_dir)
     services.register(app, SERVICE, monitor)
+    collectors.register(app, "idle", collect_metrics)
 
 
 @bp.get("/v1/idle")
@@ -373,3 +375,18 @@ def post_postpone():
     ):
         raise ApiError(400, f"minutes must be a number from 1 to {MAX_POSTPONE_MIN}, got {minutes!r}")
     return jsonify(monitor(current_app).postpone(minutes, who="POST /v1/idle/postpone"))
+
+
+def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
+    state = monitor(app).current()
+    idle_gauge = collectors.gauge("idle", "1 when every idle signal has been idle for the whole window")
+    idle_gauge.add_metric([], 1.0 if state["idle"] else 0.0)
+    quiet = collectors.gauge("idle_quiet_seconds", "How long every idle signal has said idle")
+    quiet.add_metric([], state["quiet_for_s"])
+    busy = collectors.gauge("idle_signal_busy", "1 when this idle signal says busy", ["signal"])
+    for signal in state["signals"]:
+        busy.add_metric([signal["name"]], 1.0 if signal["busy"] else 0.0)
+    decision = collectors.gauge("idle_decision", "1 for the idle rule's current decision", ["decision"])
+    for name in (STAY, WARN, STOP):
+        decision.add_metric([name], 1.0 if state["decision"]["decision"] == name else 0.0)
+    return iter([idle_gauge, quiet, busy, decision]), True

@@ -41,7 +41,8 @@ def stop_all(app: Flask) -> None:
 
 class Periodic:
     """Calls `tick` every `interval_s` on a daemon thread until stopped; the loop every sampler shares.
-    `immediately` runs the first tick at start rather than one interval later."""
+    `immediately` runs the first tick at start rather than one interval later. A tick that raises is logged
+    and the next one runs on schedule: the guard lives here once, for every service."""
 
     def __init__(self, name: str, interval_s: float, tick, *, immediately: bool = False) -> None:
         self.name = name
@@ -51,11 +52,17 @@ class Periodic:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _guarded_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # a bug or an odd library must not end the loop: the next tick may succeed
+            log.exception("%s: tick failed; the next one runs in %g s", self.name, self.interval_s)
+
     def _run(self) -> None:
         if self.immediately:
-            self.tick()
+            self._guarded_tick()
         while not self._stop.wait(self.interval_s):
-            self.tick()
+            self._guarded_tick()
 
     @property
     def running(self) -> bool:

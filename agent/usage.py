@@ -28,7 +28,7 @@ import psutil
 from flask import Blueprint, Flask, current_app, jsonify, request
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent import gpus, host, idle, scipion_projects, services, slurm_jobs
+from agent import collectors, gpus, host, idle, scipion_projects, services, slurm_jobs
 from agent.config import Config
 from agent.errors import ApiError
 from agent.openapi import operation
@@ -401,6 +401,7 @@ def meter(app: Flask) -> UsageMeter:
 
 def init_app(app: Flask, config: Config) -> None:
     services.register(app, SERVICE, UsageMeter(app, config))
+    collectors.register(app, "usage", collect_metrics)
 
 
 def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:

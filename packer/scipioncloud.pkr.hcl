@@ -104,6 +104,20 @@ build {
     max_retries      = 5 # the first attempt may meet the machine still rebooting
   }
 
+  # What actually went in (exact versions as installed, not as pinned), as amazon-eks-ami's version-info:
+  # recorded in the image, downloaded for the bake record and the AMI tags. A component the image's roles
+  # must have installed and did not fails the build here.
+  provisioner "shell" {
+    inline          = [join(" ", concat([var.agent_command, "version-info", "--out", var.version_info_remote], [for c in var.version_info_expect : "--expect ${c}"]))]
+    execute_command = "sudo -S sh -c '{{ .Vars }} {{ .Path }}'"
+  }
+
+  provisioner "file" {
+    direction   = "download"
+    source      = var.version_info_remote
+    destination = var.version_info_path
+  }
+
   # Last: nothing may run on the machine after sysprep.
   provisioner "ansible" {
     playbook_file    = "${path.root}/../roles/sysprep.yml"

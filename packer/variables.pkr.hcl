@@ -157,3 +157,27 @@ variable "manifest_path" {
   description = "Where the manifest post-processor writes."
   default     = "build/packer-manifest.json"
 }
+
+variable "agent_command" {
+  type        = string
+  description = "The agent's command on the machine (role agent's agent_venv/bin/scipioncloud-agent)."
+  default     = "/opt/scipioncloud/venv/bin/scipioncloud-agent"
+}
+
+variable "version_info_remote" {
+  type        = string
+  description = "Where the image keeps its record of what was installed (scipioncloud-agent version-info)."
+  default     = "/usr/share/scipioncloud/version-info.json"
+}
+
+variable "version_info_path" {
+  type        = string
+  description = "Where the bake downloads that record to (the bake driver sets it next to the manifest)."
+  default     = "build/version-info.json"
+}
+
+variable "version_info_expect" {
+  type        = list(string)
+  description = "Components the image's roles install (nvidia_driver, cuda, turbovnc, scipion, ...): missing fails."
+  default     = []
+}

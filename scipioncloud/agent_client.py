@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from agent.config import DEFAULT_MOUNT_FORMAT
 from scipioncloud.errors import BadInput, OperationFailed
 
 SUMMARY_PATHS = {"gpus": "/v1/gpus", "prewarm": "/v1/prewarm", "idle": "/v1/idle"}
@@ -73,8 +74,10 @@ class AgentClient:
         self._raise_for(status, answer, path)
         return answer
 
-    def mount(self, volume: str, mountpoint: str, fstype: str = "ext4", format_: str = "if-blank") -> Any:
-        """Ask the agent to format (only if blank) and mount `volume` (EBS id or device name)."""
+    def mount(
+        self, volume: str, mountpoint: str, fstype: str = "ext4", format_: str = DEFAULT_MOUNT_FORMAT
+    ) -> Any:
+        """Ask the agent to mount `volume` (EBS id or device name), formatting it only if blank when asked."""
         path = f"/v1/volumes/{urllib.parse.quote(volume, safe='')}/mount"
         status, body = self.request(
             "POST", path, {"mountpoint": mountpoint, "fstype": fstype, "format": format_}

@@ -26,7 +26,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.table import Table
 
-from scipioncloud import instance_types, quotas, versions
+from agent.version_info import flat
+from scipioncloud import instance_types, provenance, quotas, versions
 from scipioncloud.aws import Aws
 from scipioncloud.errors import OperationFailed
 
@@ -59,6 +60,7 @@ class BakeResult:
     imds: dict[str, str] = field(default_factory=dict)
     log: Path | None = None
     record: Path | None = None
+    installed: dict[str, str] = field(default_factory=dict)  # component -> exact version, as installed
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -298,6 +300,8 @@ def summary(result: BakeResult, component_versions: dict[str, str]) -> Table:
         table.add_row(region, ami, result.imds.get(region, ""))
     for name, version in component_versions.items():
         table.add_row("", name, version)
+    for name, version in result.installed.items():
+        table.add_row("installed", name, version)
     return table
 
 
@@ -343,6 +347,7 @@ def bake(
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / f"{image.name}-{build_time}.packer.log"
     manifest = out_dir / f"{image.name}-{build_time}.manifest.json"
+    version_info = out_dir / f"{image.name}-{build_time}.version-info.json"
     components = versions.component_versions(repo, image.name)
     variables: dict[str, object] = {
         "region": region,
@@ -353,6 +358,8 @@ def bake(
         "agent_wheel": str(build_wheel(repo, out_dir / "dist")),
         "component_versions": components,
         "manifest_path": str(manifest),
+        "version_info_path": str(version_info),
+        "version_info_expect": provenance.expected_components(image.ansible_vars),
         "ansible_playbook": ansible_playbook(),
         **overrides,
     }
@@ -366,6 +373,13 @@ def bake(
     if region not in result.amis:
         raise BakeError(f"packer build finished without an AMI in {region}; full log: {log}")
     result.imds = set_imds_v2(aws, result.amis)
+    if not version_info.exists():
+        raise BakeError(
+            f"packer build finished without the image's version record {version_info}; log: {log}"
+        )
+    installed = provenance.load(version_info)
+    provenance.tag_amis(aws, result.amis, provenance.tags(installed))
+    result.installed = flat(installed)
     entries = json.loads(manifest.read_text()).get("builds", []) if manifest.exists() else []
     record = {
         "image": image.name,
@@ -375,6 +389,8 @@ def bake(
         "imds_support": result.imds,
         "git_revision": variables["git_revision"],
         "component_versions": components,
+        "installed_versions": installed["components"],
+        "version_info": str(version_info),
         "packer_version": ".".join(map(str, version)),
         "packer_log": str(log),
         "manifest": entries[-1] if entries else None,

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config import DEFAULT_PORT, DEFAULT_TOKEN_FILE
 from scipioncloud.errors import OperationFailed
 
-AGENT_PORT = 9777
-TOKEN_FILE = "/etc/scipioncloud/agent.token"  # noqa: S105 - a path, not a secret
+AGENT_PORT = DEFAULT_PORT  # the agent's contract (agent/config.py), not restated here
+TOKEN_FILE = str(DEFAULT_TOKEN_FILE)
 
 
 @dataclass(frozen=True)

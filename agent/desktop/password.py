@@ -52,9 +52,11 @@ def write_private(path: Path, data: bytes, uid: int = -1, gid: int = -1, mode: i
 
 
 def store_vnc(password: str, path: Path, vnc: str, uid: int, gid: int) -> None:
-    obfuscated = _run([VNCPASSWD[vnc], "-f"], password)
+    """`vnc`: the VNC server's name (turbovnc, tigervnc) or its vncpasswd program's path."""
+    program = VNCPASSWD.get(vnc, vnc)
+    obfuscated = _run([program, "-f"], password)
     if len(obfuscated) != 8:
-        raise PasswordError(f"{VNCPASSWD[vnc]} -f wrote {len(obfuscated)} bytes, expected 8")
+        raise PasswordError(f"{program} -f wrote {len(obfuscated)} bytes, expected 8")
     if path.parent.name == ".vnc" and not path.parent.exists():
         path.parent.mkdir(mode=0o700)
         os.chown(path.parent, uid, gid)

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, current_app, jsonify
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agent import inflight, services, shell
-from agent.config import Config
+from agent import aws_volumes, collectors, inflight, services, shell
+from agent.config import DEFAULT_MOUNT_FORMAT, Config
 from agent.errors import ApiError, error_response, json_body
 from agent.openapi import operation
 from agent.volumes import blockdev, mounts
@@ -34,7 +34,7 @@ MOUNT_BODY = {
             "description": "absolute, under one of storage.mount_roots, no control characters",
         },
         "fstype": {"type": "string", "enum": list(mounts.FSTYPES), "default": "ext4"},
-        "format": {"type": "string", "enum": list(mounts.FORMATS), "default": "never"},
+        "format": {"type": "string", "enum": list(mounts.FORMATS), "default": DEFAULT_MOUNT_FORMAT},
         "label": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,16}$", "description": "xfs: 12 at most"},
     },
 }
@@ -197,9 +197,16 @@ def _tool_failed(exc: shell.CommandError):
 
 
 def init_app(app: Flask, config: Config) -> None:
-    manager = PrewarmManager(config.storage, inflight=inflight.registry(app))
+    manager = PrewarmManager(
+        config.storage,
+        inflight=inflight.registry(app),
+        aws_status=lambda volume_id: aws_volumes.initialization_status(
+            volume_id, timeout=config.storage.aws_timeout_s, imds_url=config.host.imds_url
+        ),
+    )
     app.extensions[EXTENSION] = manager
     services.register(app, "prewarm", manager)
+    collectors.register(app, "prewarm", collect_metrics)
 
 
 def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
@@ -302,7 +309,7 @@ def mount_volume(vol: str):
         vol,
         body["mountpoint"],
         fstype=body.get("fstype", "ext4"),
-        format=body.get("format", "never"),
+        format=body.get("format", DEFAULT_MOUNT_FORMAT),
         label=body.get("label"),
         owner=current_app.config["SCIPIONCLOUD"].desktop.user,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 from agent import shell
-from agent.config import StorageConfig
+from agent.config import DEFAULT_MOUNT_FORMAT, MOUNT_FORMATS, StorageConfig
 from agent.errors import ApiError
 from agent.volumes import blank, blockdev, fstab, origin, signatures
 from agent.volumes.blockdev import BlockDevice
@@ -20,7 +20,7 @@ from agent.volumes.blockdev import BlockDevice
 log = logging.getLogger(__name__)
 
 FSTYPES = {"ext4": 16, "xfs": 12}  # supported filesystems -> longest label each accepts
-FORMATS = ("never", "if-blank")
+FORMATS = MOUNT_FORMATS
 LABEL = re.compile(r"[A-Za-z0-9_.-]+")  # fullmatch: "$" would let a trailing newline through
 
 
@@ -144,7 +144,7 @@ def mount(
     address: str,
     mountpoint: object,
     fstype: object = "ext4",
-    format: object = "never",
+    format: object = DEFAULT_MOUNT_FORMAT,
     label: object = None,
     owner: str | None = None,
 ) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from agent.config import DEFAULT_MOUNT_FORMAT, MOUNT_FORMATS
 from scipioncloud import agent_client, costs, tunnel
 from scipioncloud import volumes as lib
 from scipioncloud.commands.common import command
@@ -169,17 +170,17 @@ def delete_snapshot(run, snapshot, yes):
 @click.option(
     "--format",
     "format_",
-    type=click.Choice(["if-blank", "never"]),
-    default="if-blank",
+    type=click.Choice(MOUNT_FORMATS),
+    default=DEFAULT_MOUNT_FORMAT,  # the agent's own default
     show_default=True,
     help="if-blank formats a proven-blank volume; never mounts the filesystem a volume already holds.",
 )
 @ssh_options
 def mount(run, instance, volume, mountpoint, fstype, format_, key, user, ssh_host, ssh_port, ssh_opts):
-    """Ask INSTANCE's agent to format VOLUME (only if blank) and mount it at MOUNTPOINT (e.g. /data).
+    """Ask INSTANCE's agent to mount VOLUME at MOUNTPOINT (e.g. /data); a new volume needs --format if-blank.
 
     A volume that already holds data (restored from a snapshot, or mounted before) is mounted with
-    --format never; if-blank refuses it rather than risk it."""
+    --format never (the default); if-blank refuses it rather than risk it."""
     lib.resolve(run.aws, volume)
     target = _ssh_target(run, instance, key, user, ssh_host, ssh_port, ssh_opts)
     token = tunnel.read_token(target)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import userdata as agent_userdata
 from agent.config import load as load_agent_config
 from scipioncloud import console, costs, userdata
 from tests.cli.conftest import CIDR, launch
@@ -61,7 +62,7 @@ def test_launch_auto_stop_user_data_lands_in_agent_toml(cli, ec2, our_ami, key_p
     # What the instance's first boot does with it: merge into the existing agent.toml.
     config = tmp_path / "agent.toml"
     config.write_text('[server]\nbind = "127.0.0.1:9777"\n[idle]\ncpu_pct = 20\n')
-    assert userdata.apply(text, config)
+    assert agent_userdata.apply(text, config)  # the agent's code (scipioncloud-agent userdata)
     loaded = load_agent_config(config)
     assert loaded.idle.action == "poweroff"
     assert loaded.idle.window_min == 90

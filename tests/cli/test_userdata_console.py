@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from agent.config import load as load_agent_config
 from scipioncloud import console, network, userdata
 from scipioncloud.commands.common import parse_minutes
 from scipioncloud.errors import BadInput
@@ -33,36 +32,6 @@ def test_user_data_refuses_what_it_must_not_set(settings, message):
         userdata.render(settings)
     with pytest.raises(userdata.UserDataError, match=message):
         userdata.parse(userdata.MARKER + "\n" + userdata.to_toml(settings))
-
-
-def test_apply_ignores_foreign_user_data_and_keeps_the_file(tmp_path):
-    config = tmp_path / "agent.toml"
-    config.write_text("[idle]\ncpu_pct = 20\n")
-    assert userdata.apply("#cloud-config\npackages: [htop]\n", config) is False
-    assert config.read_text() == "[idle]\ncpu_pct = 20\n"
-
-
-def test_apply_creates_the_file_and_keeps_its_mode(tmp_path):
-    config = tmp_path / "etc" / "agent.toml"
-    text = userdata.render({"idle": {"action": "poweroff", "window_min": 45}})
-    assert userdata.apply(text, config)
-    assert load_agent_config(config).idle.window_min == 45
-    config.chmod(0o640)
-    assert userdata.apply(userdata.render({"desktop": {"vnc": "tigervnc"}}), config)
-    assert config.stat().st_mode & 0o777 == 0o640
-    loaded = load_agent_config(config)
-    assert loaded.desktop.vnc == "tigervnc" and loaded.idle.action == "poweroff"
-
-
-def test_apply_command_line(tmp_path, capsys):
-    data = tmp_path / "user-data"
-    data.write_text(userdata.render({"idle": {"action": "poweroff"}}))
-    config = tmp_path / "agent.toml"
-    assert userdata.main(["apply", str(data), "--config", str(config)]) == 0
-    assert load_agent_config(config).idle.action == "poweroff"
-    data.write_text(userdata.MARKER + "\n[idle\n")
-    assert userdata.main(["apply", str(data), "--config", str(config)]) == 2
-    assert "not valid TOML" in capsys.readouterr().err
 
 
 def test_console_line_parsing():

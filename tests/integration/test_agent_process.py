@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, VENV_BIN, agent_config_dict, start_agent, stop_agent, write_toml
+from tests.support import roles
+from tests.support.agent_process import agent_config_dict, start_agent, stop_agent, write_toml
+from tests.support.paths import VENV_BIN
 
 pytestmark = pytest.mark.integration
 
@@ -82,11 +84,19 @@ def test_bad_config_is_a_clear_usage_error(tmp_path):
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_unit_verifies(tmp_path):
-    unit = (REPO / "systemd/scipioncloud-agent.service").read_text()
+    unit = roles.render("agent", "scipioncloud-agent.service.j2")
     assert "ExecStart=/opt/scipioncloud/venv/bin/scipioncloud-agent serve" in unit
-    # verify checks that ExecStart exists: point it at this checkout's agent for the check only.
-    local = tmp_path / "scipioncloud-agent.service"
-    local.write_text(unit.replace("/opt/scipioncloud/venv/bin/", f"{VENV_BIN}/"))
+    # the venv and config paths follow the role's variables; verify checks that ExecStart exists: render
+    # the unit with this checkout's venv for the check.
+    config = write_toml(tmp_path / "agent.toml", agent_config_dict(tmp_path))
+    local = roles.write(
+        "agent",
+        "scipioncloud-agent.service.j2",
+        tmp_path / "scipioncloud-agent.service",
+        agent_venv=str(VENV_BIN.parent),
+        agent_config_file=str(config),
+    )
+    assert f"ExecStart={VENV_BIN}/scipioncloud-agent serve --config {config}\n" in local.read_text()
     result = subprocess.run(
         ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60
     )

@@ -11,9 +11,11 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import jinja2
 import pytest
 
 from tests.support.desktop import ROLE, DesktopStack, render
+from tests.support.paths import VENV_BIN
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +66,12 @@ def imds():
     yield server
     server.shutdown()
     server.server_close()
+
+
+def secret_paths(variables: dict) -> list[str]:
+    """desktop_secret_paths with each "{{ ... }}" resolved against the stack's variables."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)  # noqa: S701 - paths, not HTML
+    return [env.from_string(path).render(**variables) for path in variables["desktop_secret_paths"]]
 
 
 def cert_names(path) -> set[str]:
@@ -121,7 +129,6 @@ def test_units_verify(tmp_path):
     libexec = tmp_path / "libexec"
     libexec.mkdir()
     (libexec / "desktop-session").symlink_to(ROLE / "files" / "scipioncloud-desktop-session")
-    (libexec / "desktop-firstboot").symlink_to(ROLE / "files" / "scipioncloud-desktop-firstboot")
     stack = DesktopStack(tmp_path)
     stack.vars.update(desktop_libexec_dir=str(libexec), desktop_user=getpass.getuser())
     units = [
@@ -133,3 +140,33 @@ def test_units_verify(tmp_path):
     assert result.returncode == 0 and not problems, result.stderr
     desktop = units[0].read_text()
     assert "Restart=always" in desktop and "StartLimitIntervalSec=0" in desktop
+
+
+def test_every_file_first_boot_makes_is_in_the_per_instance_list(tmp_path):
+    """What the script writes per instance is exactly what the role lists for sysprep (desktop.list)."""
+    stack = DesktopStack(tmp_path)
+    render("desktop-firstboot.json.j2", stack.vars, tmp_path / "desktop-firstboot.json")
+    render("scipioncloud-desktop-firstboot.service.j2", stack.vars, tmp_path / "firstboot.service")
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    stack.firstboot()
+    made = {str(p) for p in tmp_path.rglob("*") if p.is_file()} - {str(p) for p in before}
+    made.discard(str(tmp_path / "console"))  # the serial console: a device on an instance, not a file
+    made.discard(str(tmp_path / "agent.token"))  # the agent's (roles/agent lists it), not the desktop's
+    listed = set(secret_paths(stack.vars))
+    assert made, "first boot made nothing"
+    assert made <= listed, f"made per instance but not in desktop_secret_paths: {sorted(made - listed)}"
+
+
+def test_first_boot_without_the_agent_token_says_so(tmp_path):
+    """The token is the agent's to make: without it the script stops loudly instead of making another."""
+    stack = DesktopStack(tmp_path)
+    config = render("desktop-firstboot.json.j2", stack.vars, tmp_path / "desktop-firstboot.json")
+    result = subprocess.run(
+        [str(VENV_BIN / "scipioncloud-agent"), "desktop-firstboot", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "no agent token" in result.stderr and "scipioncloud-agent token" in result.stderr
+    assert not (tmp_path / "agent.token").exists() and not (tmp_path / "agent-auth.conf").exists()

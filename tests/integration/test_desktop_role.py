@@ -22,7 +22,7 @@ SECRETS = [
     "etc/scipioncloud/tls/desktop.crt",
     "root/scipioncloud-desktop.txt",
     "etc/nginx/scipioncloud-agent-auth.conf",
-    "etc/scipioncloud/agent.token",
+    "etc/scipioncloud/tls/desktop.names",
 ]
 
 
@@ -99,8 +99,9 @@ def test_role_installs_the_desktop(provisioned, vnc_repo):
     sudoers = root / "etc/sudoers.d/scipioncloud-desktop"
     assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440
     assert "NOPASSWD: /usr/local/libexec/scipioncloud/desktop-logout" in sudoers.read_text()
-    # no secret at build time
+    # no secret at build time, and the role names each one in its per-instance list (sysprep's one list)
     assert [s for s in SECRETS if (root / s).exists()] == []
+    assert sorted(hygiene.per_instance_paths(root)["desktop"]) == sorted(f"/{s}" for s in SECRETS)
 
 
 def test_second_run_changes_nothing(provisioned):
@@ -121,3 +122,15 @@ def test_image_holds_no_desktop_secret_after_sysprep(provisioned):
     assert cleaned.rc == 0, cleaned.summary()
     assert [s for s in SECRETS if (root / s).exists()] == []
     assert hygiene.audit(root) == []
+
+
+def test_version_record_names_turbovnc_and_virtualgl_as_installed(provisioned):
+    """Provenance: the image's record (agent/version_info.py, read from outside) says what dpkg says."""
+    from agent import version_info
+
+    root, first, _ = provisioned
+    assert first.rc == 0, first.summary()
+    components = version_info.collect(root)["components"]
+    for package in ("turbovnc", "virtualgl"):
+        status = rootfs.run_in_root(root, "dpkg-query", "-W", "-f=${Version}", package)
+        assert status.returncode == 0 and components[package] == status.stdout

@@ -239,3 +239,18 @@ def test_nvswitch_family_gets_the_fabric_manager_enabled(tmp_path, rootfs_tarbal
         assert status[:2] == "hi", status  # installed, and held with the rest of the driver
         wants = root / "etc/systemd/system/multi-user.target.wants/nvidia-fabricmanager.service"
         assert wants.is_symlink(), "nvidia-fabricmanager is not enabled at boot"
+
+
+def test_version_record_names_the_driver_and_toolkits_dpkg_installed(gpu_root):
+    """Provenance: the image's record (agent/version_info.py, read from outside) says what dpkg says."""
+    from agent import version_info
+
+    root, first, _ = gpu_root
+    assert first.rc == 0, first.summary()
+    components = version_info.collect(root)["components"]
+    driver = components["nvidia_driver"]
+    assert driver["version"] == in_root(root, "dpkg-query", "-W", "-f=${Version}", driver["package"])
+    assert set(components["cuda"]) == {"12.4", "12.6"}
+    for release, version in components["cuda"].items():
+        package = "cuda-toolkit-" + release.replace(".", "-")
+        assert version == in_root(root, "dpkg-query", "-W", "-f=${Version}", package)

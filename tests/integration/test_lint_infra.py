@@ -47,3 +47,13 @@ def test_ansible_lint_profile_catches_a_short_module_name(tmp_path):
     )
     assert done.returncode != 0
     assert "fqcn" in done.stdout + done.stderr
+
+
+def test_make_test_lints_before_it_tests():
+    """CI runs `make test`: the lint the README promises runs first, and a lint failure stops the tests."""
+    plan = subprocess.run(
+        ["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    steps = [i for i, line in enumerate(plan) if "ruff check" in line or "lint-infra" in line]
+    pytest_step = next(i for i, line in enumerate(plan) if "bin/pytest" in line)
+    assert len(steps) == 2 and max(steps) < pytest_step, plan

@@ -3,26 +3,46 @@ filesystem: what they install, that a second run changes nothing, first-boot sec
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
 
 import pytest
 
+from agent.token import read_token
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-
-from tests.conftest import REPO
-from tests.support import hygiene, rootfs
+from tests.conftest import REPO, free_port
+from tests.support import hygiene, roles, rootfs
 from tests.support.fake_imdsv2 import FakeImdsV2Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 SITE = REPO / "roles/site.yml"
 SYSPREP = REPO / "roles/sysprep.yml"
 DESKTOP_VARS = REPO / "images/scipion-desktop.yml"
+
+
+def files_of(root) -> set[str]:
+    """Every file of the root filesystem, relative, without the kernel's and the runtime's folders."""
+    found = set()
+    for folder, dirs, names in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        if rel in ("proc", "sys", "dev", "run", "tmp"):
+            dirs[:] = []
+            continue
+        found |= {os.path.normpath(os.path.join(rel, n)) for n in names}
+    return found
+
+
+def firstboot(root):
+    """The first-boot script as the unit runs it; IMDS is a closed loopback port (off EC2)."""
+    imds = f"SCIPIONCLOUD_IMDS_URL=http://127.0.0.1:{free_port()}"
+    return rootfs.run_in_root(root, "env", imds, "/usr/local/sbin/scipioncloud-firstboot")
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +69,12 @@ def test_site_configures_the_machine(provisioned):
     from agent.config import from_dict
 
     assert from_dict(config).storage.mount_roots == ("/data", "/mnt")
-    unit = root / "etc/systemd/system/scipioncloud-agent.service"
-    assert unit.read_text() == (REPO / "systemd/scipioncloud-agent.service").read_text()
+    unit = (root / "etc/systemd/system/scipioncloud-agent.service").read_text()
+    assert unit.splitlines()[1:] == roles.render("agent", "scipioncloud-agent.service.j2").splitlines()[1:]
+    serve = (
+        "ExecStart=/opt/scipioncloud/venv/bin/scipioncloud-agent serve --config /etc/scipioncloud/agent.toml"
+    )
+    assert serve + "\n" in unit
     wants = root / "etc/systemd/system/multi-user.target.wants"
     assert (
         os.readlink(wants / "scipioncloud-agent.service") == "/etc/systemd/system/scipioncloud-agent.service"
@@ -68,6 +92,21 @@ def test_site_configures_the_machine(provisioned):
     assert '"^linux-";' in held and '"^nvidia-";' in held and '"^libnvidia-";' in held
     assert 'Unattended-Upgrade "1"' in (root / "etc/apt/apt.conf.d/20auto-upgrades").read_text()
     assert "169.254.169.123" in (root / "etc/systemd/timesyncd.conf.d/50-scipioncloud.conf").read_text()
+
+
+def test_agent_records_what_is_installed(provisioned):
+    """`scipioncloud-agent version-info`, as the bake runs it on the build instance before sysprep."""
+    root, *_ = provisioned
+    agent = "/opt/scipioncloud/venv/bin/scipioncloud-agent"
+    out = "/usr/share/scipioncloud/version-info.json"
+    done = rootfs.run_in_root(root, agent, "version-info", "--out", out, "--expect", "scipioncloud_agent")
+    assert done.returncode == 0, done.stderr
+    info = json.loads((root / out.lstrip("/")).read_text())
+    assert info["components"]["scipioncloud_agent"] == "0.1.0"
+    fio = rootfs.run_in_root(root, "dpkg-query", "-W", "-f=${Version}", "fio").stdout
+    assert info["packages"]["fio"] == fio
+    missing = rootfs.run_in_root(root, agent, "version-info", "--expect", "nvidia_driver")
+    assert missing.returncode != 0 and "not installed: nvidia_driver" in missing.stderr
 
 
 def test_second_run_changes_nothing(provisioned):
@@ -97,17 +136,24 @@ def test_firstboot_applies_launch_user_data_to_the_agent_config(provisioned):
 
 def test_firstboot_makes_secrets_once_and_sysprep_removes_them(provisioned):
     root, *_ = provisioned
-    made = rootfs.run_in_root(root, "/usr/local/sbin/scipioncloud-firstboot")
+    before = files_of(root)
+    made = firstboot(root)
     assert made.returncode == 0, made.stderr
     token = root / "etc/scipioncloud/agent.token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    assert len(token.read_text().strip()) == 64
+    # made by the agent's own code (`scipioncloud-agent token`, a first-boot hook), in the agent's format
+    assert read_token(token) == token.read_text().strip() and len(token.read_text().strip()) >= 43
+    assert "agent token made" in made.stdout and token.read_text().strip() not in made.stdout
+    # everything first boot made per instance is in a role's per-instance list (sysprep's one list)
+    listed = {p for paths in hygiene.per_instance_paths(root).values() for p in paths}
+    new = {f"/{p}" for p in files_of(root) - before if not p.startswith("etc/ssh/ssh_host_")}
+    assert new and new <= listed, f"made per instance, listed by no role: {sorted(new - listed)}"
     assert (root / "etc/ssh/ssh_host_ed25519_key").exists()
     # the desktop's secrets are the desktop role's (tests/integration/test_desktop_firstboot.py)
     assert not (root / "etc/scipioncloud/vnc.password").exists()
     assert not (root / "etc/scipioncloud/tls").exists()
     before = token.read_text()
-    again = rootfs.run_in_root(root, "/usr/local/sbin/scipioncloud-firstboot")
+    again = firstboot(root)
     assert again.returncode == 0 and "made" not in again.stdout
     assert token.read_text() == before
     # a user's traces the image must not keep
@@ -120,6 +166,7 @@ def test_firstboot_makes_secrets_once_and_sysprep_removes_them(provisioned):
     cleaned = rootfs.run_playbook(root, SYSPREP)
     assert cleaned.rc == 0, cleaned.summary()
     assert hygiene.audit(root) == []
+    assert [p for p in listed if (root / p.lstrip("/")).exists()] == []
 
 
 def test_unknown_role_is_refused(tmp_path, rootfs_tarball):
@@ -135,3 +182,40 @@ def test_agent_role_without_a_wheel_says_how_to_build_one(tmp_path, rootfs_tarba
         result = rootfs.run_playbook(root, SITE, extra_vars={"scipioncloud_roles": ["agent"]})
     assert result.rc != 0
     assert any("pip wheel --no-deps" in t for t in result.failed_tasks), result.summary()
+
+
+def test_one_desktop_user_for_agent_desktop_and_sysprep(tmp_path, rootfs_tarball):
+    """desktop_user set once: the agent manages alice's desktop, the desktop lists alice's VNC password as a
+    per-instance secret, and sysprep removes it (and nothing of another user)."""
+    with rootfs.disposable(tmp_path, rootfs_tarball) as root:
+        extra = {"desktop_user": "alice", "agent_venv": "/opt/lab/venv"}
+        env = {"ANSIBLE_ROLES_PATH": str(REPO / "roles")}
+        playbook = REPO / "tests/roles/shared_settings.yml"
+        rendered = rootfs.run_playbook(root, playbook, extra_vars=extra, env=env)
+        assert rendered.rc == 0, rendered.summary()
+        config = tomllib.loads((root / "etc/scipioncloud/agent.toml").read_text())
+        from agent.config import from_dict
+
+        desktop = from_dict(config).desktop
+        assert desktop.user == "alice" and str(desktop.passwd_file) == "/home/alice/.vnc/passwd"
+        unit = (root / "etc/systemd/system/scipioncloud-agent.service").read_text()
+        assert (
+            "ExecStart=/opt/lab/venv/bin/scipioncloud-agent serve --config /etc/scipioncloud/agent.toml\n"
+            in unit
+        )
+        hooks = root / "etc/scipioncloud/firstboot.d"
+        assert '/opt/lab/venv/bin/scipioncloud-agent" token' in (hooks / "10-agent-token.sh").read_text()
+        lists = hygiene.per_instance_paths(root)
+        assert "/home/alice/.vnc/passwd" in lists["desktop"]
+        assert lists["agent"] == ["/etc/scipioncloud/agent.token"]
+        # as if the instance had booted: every listed secret exists, plus bob's own file that is no secret
+        for path in [p for paths in lists.values() for p in paths]:
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).write_text("made at first boot\n")
+        (root / "home/bob/.vnc").mkdir(parents=True)
+        (root / "home/bob/.vnc/passwd").write_text("bob's\n")
+        cleaned = rootfs.run_playbook(root, SYSPREP)
+        assert cleaned.rc == 0, cleaned.summary()
+        assert not (root / "home/alice/.vnc/passwd").exists()
+        assert (root / "home/bob/.vnc/passwd").exists()
+        assert [p for paths in lists.values() for p in paths if (root / p.lstrip("/")).exists()] == []

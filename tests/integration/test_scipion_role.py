@@ -357,3 +357,18 @@ def test_slurm_queue_template_runs_a_job_as_scipion_submits_it(scipion_root, tmp
         and "TimeLimit=01:00:00" in details
         and "MinMemoryNode=1000M" in details
     )
+
+
+def test_version_record_names_scipion_and_plugins_as_pip_installed(scipion_root):
+    """Provenance: the image's record (agent/version_info.py, read from outside) says what pip says."""
+    from agent import version_info
+
+    root, _, _ = scipion_root
+    listing = rootfs.run_in_root(root, "/opt/scipion/.scipion3/bin/pip", "list", "--format", "json").stdout
+    installed = {p["name"].lower(): p["version"] for p in json.loads(listing)}
+    components = version_info.collect(root)["components"]
+    assert components["scipion"]["scipion-pyworkflow"] == installed["scipion-pyworkflow"]
+    assert components["scipion_plugins"] == {
+        n: v for n, v in installed.items() if n.startswith("scipion-em-")
+    }
+    assert {p["name"] for p in PLUGINS} <= set(components["scipion_plugins"])

@@ -213,9 +213,39 @@ def test_amis_exist_in_both_regions_with_provenance_tags(rehearsal, moto_server)
         for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
             snap_tags = {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])}
             assert snap_tags.get("scipioncloud:git") == record["git_revision"], (region, snap_tags)
+            turbovnc = record["component_versions"]["desktop_turbovnc_version"]
+            assert snap_tags.get("scipioncloud:installed:turbovnc") == turbovnc, (region, snap_tags)
+        # provenance: what went in, as the image itself recorded it (not only as pinned)
+        pinned = record["component_versions"]
+        assert tags["scipioncloud:installed:turbovnc"] == pinned["desktop_turbovnc_version"]
+        assert tags["scipioncloud:installed:nvidia-driver"].startswith(pinned["nvidia_driver_branch"] + ".")
+        assert tags["scipioncloud:installed:cuda"].startswith(
+            f"{pinned['cuda_versions']}={pinned['cuda_versions']}."
+        )
+        agent_version = record["component_versions"]["scipioncloud"]
+        assert tags["scipioncloud:installed:scipioncloud-agent"] == agent_version
     # ModifyImageAttribute(ImdsSupport) was accepted; moto does not report it back (see docs/bake.md)
     assert set(record["imds_support"]) == {HOME_REGION, COPY_REGION}
     assert all(not v.startswith("failed") for v in record["imds_support"].values()), record["imds_support"]
+
+
+def test_bake_record_carries_what_was_installed(rehearsal):
+    record = rehearsal["record"]
+    assert record, rehearsal["bake"].stderr[-3000:]
+    installed = record["installed_versions"]
+    pinned = record["component_versions"]
+    assert installed["turbovnc"] == pinned["desktop_turbovnc_version"]
+    # NVIDIA's repository (the rehearsal's) names it cuda-drivers-<branch>, Ubuntu nvidia-driver-<branch>
+    assert pinned["nvidia_driver_branch"] in installed["nvidia_driver"]["package"].split("-")
+    assert installed["nvidia_driver"]["version"].startswith(pinned["nvidia_driver_branch"] + ".")
+    assert set(installed["cuda"]) == {pinned["cuda_versions"]}
+    plugins = installed["scipion_plugins"]
+    for name, version in pinned.items():
+        if name.startswith("scipion-em-"):
+            assert plugins.get(name) == version, name
+    assert installed["scipion"]["scipion-pyworkflow"] == pinned["scipion-pyworkflow"]
+    info = json.loads(Path(record["version_info"]).read_text())  # downloaded from the image by Packer
+    assert info["components"] == installed and "fio" in info["packages"]
 
 
 def test_image_passes_the_hygiene_audit(rehearsal):

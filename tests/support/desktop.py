@@ -20,8 +20,10 @@ import yaml
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from agent.token import ensure_token
 from tests.conftest import REPO
 from tests.support import processes
+from tests.support.paths import VENV_BIN
 
 ROLE = REPO / "roles" / "desktop"
 # The colour the test session paints its root window (openbox --startup xsetroot -solid ...).
@@ -264,6 +266,8 @@ class DesktopStack:
             desktop_status_dir=str(ROLE / "files" / "status"),
             desktop_nginx_group=grp.getgrgid(os.getgid()).gr_name,
             desktop_env_file=str(root / "desktop.env"),
+            desktop_agent_command=str(VENV_BIN / "scipioncloud-agent"),
+            desktop_firstboot_config=str(root / "desktop-firstboot.json"),
         )
         self.processes: list[subprocess.Popen] = []
         self.logs: list = []
@@ -277,9 +281,12 @@ class DesktopStack:
         raise RuntimeError("first boot wrote no password")
 
     def firstboot(self) -> subprocess.CompletedProcess:
-        config = render("desktop-firstboot.json.j2", self.vars, self.root / "desktop-firstboot.json")
+        # the agent's first-boot hook runs before this unit and makes the token (the agent's own code)
+        ensure_token(Path(self.vars["desktop_agent_token_file"]))
+        render("desktop-firstboot.json.j2", self.vars, Path(self.vars["desktop_firstboot_config"]))
+        unit = render("scipioncloud-desktop-firstboot.service.j2", self.vars, self.root / "firstboot.service")
         return subprocess.run(
-            ["python3", str(ROLE / "files" / "scipioncloud-desktop-firstboot"), str(config)],
+            exec_start(unit.read_text()),
             capture_output=True,
             text=True,
             timeout=60,

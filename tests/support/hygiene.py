@@ -1,21 +1,25 @@
 """The image hygiene audit, run from outside against a root filesystem: what sysprep must have removed.
 
-Used by the role tests and the bake rehearsal; the same list as roles/sysprep/tasks/verify.yml checks from
-inside the image."""
+Used by the role tests and the bake rehearsal. The per-instance secrets come from the same list sysprep
+reads inside the image: the <role>.list files each role writes into PER_INSTANCE_DIR (one absolute path a
+line)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-SECRETS = (
-    "etc/scipioncloud/agent.token",
-    "etc/scipioncloud/vnc.password",
-    "etc/scipioncloud/tls/key.pem",
-    "root/.vnc/passwd",
-    "home/ubuntu/.vnc/passwd",
-)
+PER_INSTANCE_DIR = "etc/scipioncloud/per-instance.d"  # role firstboot's firstboot_per_instance_dir
 
 LOGIN_ACCOUNTING = {"wtmp", "btmp", "lastlog"}
+
+
+def per_instance_paths(root: Path) -> dict[str, list[str]]:
+    """{role: [absolute path, ...]} from the lists the roles left in the image at `root`."""
+    lists = {}
+    for listing in sorted((root / PER_INSTANCE_DIR).glob("*.list")):
+        lines = (line.strip() for line in listing.read_text().splitlines())
+        lists[listing.stem] = [line for line in lines if line and not line.startswith("#")]
+    return lists
 
 
 def audit(root: Path) -> list[str]:
@@ -34,7 +38,8 @@ def audit(root: Path) -> list[str]:
     dbus_id = root / "var/lib/dbus/machine-id"
     if dbus_id.exists() and not dbus_id.is_symlink():
         problems.append("a copied D-Bus machine-id")
-    problems += [f"secret /{p}" for p in SECRETS if (root / p).exists()]
+    for role, paths in per_instance_paths(root).items():
+        problems += [f"secret {p} (role {role})" for p in paths if (root / p.lstrip("/")).exists()]
     # any private key anywhere under /etc (TLS or otherwise)
     for path in (root / "etc").rglob("*"):
         try:

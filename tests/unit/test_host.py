@@ -113,3 +113,18 @@ def test_cpu_meter_counts_busy_time(tmp_path):
     # One busy core out of N: at least (100/N)% minus other processes' noise.
     assert meter.total_pct >= 100 / psutil.cpu_count() * 0.8, (quiet, meter.total_pct)
     assert sum(meter.per_core_pct) >= 80  # the thread may move between cores
+
+
+def test_the_volume_status_lookup_asks_the_configured_imds(tmp_path, monkeypatch):
+    """The region lookup for AWS's volume status goes to host.imds_url, as every IMDS call does."""
+    from agent import aws_volumes
+    from agent.app import create_app
+    from agent.config import from_dict
+    from agent.volumes import EXTENSION
+
+    asked = []
+    monkeypatch.setattr(aws_volumes, "ec2_client", lambda timeout, imds_url: asked.append(imds_url))
+    config = from_dict(agent_config_dict(tmp_path, host={"imds_url": "http://127.0.0.1:9"}))
+    app = create_app(config, token="t" * 20)
+    assert app.extensions[EXTENSION].aws_status("vol-0123456789abcdef0") is None
+    assert asked == ["http://127.0.0.1:9"]

@@ -10,7 +10,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import gpus, metrics
+from agent import collectors, gpus, metrics
 from agent.app import create_app
 from agent.config import from_dict
 from tests.conftest import TOKEN, agent_config_dict
@@ -22,9 +22,11 @@ L4 = FakeGpu(uuid="GPU-99999999-8888-7777-6666-555555555555", name="NVIDIA L4", 
 
 @pytest.fixture
 def scrape(tmp_path, monkeypatch):
-    def run(fake: FakePynvml) -> tuple[str, dict]:
+    def run(fake: FakePynvml, replace: dict | None = None) -> tuple[str, dict]:
         monkeypatch.setitem(sys.modules, "pynvml", fake)
         app = create_app(from_dict(agent_config_dict(tmp_path)), token=TOKEN)
+        for name, collect in (replace or {}).items():
+            monkeypatch.setitem(collectors.registered(app), name, collect)
         gpus.sampler(app).sample_now()
         response = app.test_client().get("/metrics", headers=AUTH)
         assert response.status_code == 200
@@ -103,9 +105,8 @@ def test_a_collector_that_raises_is_reported_and_the_rest_still_come(scrape, mon
     def broken(app):
         raise OSError("/proc unreadable")
 
-    monkeypatch.setitem(metrics.COLLECTORS, "host", broken)
     monkeypatch.setattr(metrics.log, "exception", lambda *a, **k: None)
-    _, samples = scrape(FakePynvml([FakeGpu()]))
+    _, samples = scrape(FakePynvml([FakeGpu()]), replace={"host": broken})
     assert value(samples, "scipioncloud_scrape_collector_success", collector="host") == 0
     assert value(samples, "scipioncloud_scrape_collector_success", collector="gpu") == 1
     assert not any(name.startswith("scipioncloud_host_") for name, _ in samples)
@@ -130,3 +131,19 @@ def test_own_registry_leaves_the_global_one_alone(scrape):
 def test_metrics_needs_the_token(tmp_path):
     app = create_app(from_dict(agent_config_dict(tmp_path)), token=TOKEN)
     assert app.test_client().get("/metrics").status_code == 401
+
+
+def test_each_capability_registers_its_own_collector(tmp_path):
+    """As node_exporter's registerCollector: the capability module that owns the figures registers them;
+    /metrics knows none of them by name."""
+    app = create_app(from_dict(agent_config_dict(tmp_path)), token=TOKEN)
+    owners = {name: collect.__module__ for name, collect in collectors.registered(app).items()}
+    assert owners == {
+        "gpu": "agent.gpus",
+        "host": "agent.host",
+        "idle": "agent.idle",
+        "prewarm": "agent.volumes",
+        "usage": "agent.usage",
+    }
+    with pytest.raises(ValueError, match="already registered"):
+        collectors.register(app, "gpu", lambda app: (iter([]), True))
