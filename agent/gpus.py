@@ -20,7 +20,7 @@ from prometheus_client.core import Metric
 
 from agent import collectors, nvml, services
 from agent.config import Config
-from agent.openapi import operation
+from agent.openapi import REQUIRED, operation
 
 log = logging.getLogger(__name__)
 bp = Blueprint("gpus", __name__)
@@ -32,6 +32,7 @@ OPENAPI = {
             "Per-GPU usage from NVML with the NVML state (ok, no-driver, library-not-found, gpu-lost, "
             "error), driver and CUDA versions, and the sample's age; unsupported fields are null",
             _200="the last sample",
+            schema=REQUIRED(["gpus", "nvml"], gpus="array", nvml="object"),
             _401="no token",
         )
     }

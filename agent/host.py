@@ -21,7 +21,7 @@ from prometheus_client.core import Metric
 from agent import collectors, services
 from agent.config import Config
 from agent.imds import ImdsClient, ImdsUnavailable
-from agent.openapi import operation
+from agent.openapi import REQUIRED, operation
 
 log = logging.getLogger(__name__)
 bp = Blueprint("host", __name__)
@@ -33,6 +33,9 @@ OPENAPI = {
             "CPU (total and per core), load, memory, swap, disks, network counters, uptime, and the EC2 "
             "instance identity (null off EC2)",
             _200="host figures",
+            schema=REQUIRED(
+                ["cpu", "memory", "disks", "uptime_s"], cpu="object", memory="object", disks="array"
+            ),
             _401="no token",
         )
     }

@@ -31,7 +31,7 @@ from prometheus_client.core import Metric
 from agent import collectors, gpus, services
 from agent.config import Config, IdleConfig
 from agent.errors import ApiError, json_body
-from agent.openapi import operation
+from agent.openapi import REQUIRED, operation
 
 log = logging.getLogger(__name__)
 bp = Blueprint("idle", __name__)
@@ -46,6 +46,9 @@ OPENAPI = {
         "get": operation(
             "Idle or not, since when, each signal's verdict, the last decision (stay, warn, stop) and why",
             _200="the idle state",
+            schema=REQUIRED(
+                ["idle", "reasons", "signals", "decision"], idle="boolean", reasons="array", signals="array"
+            ),
             _401="no token",
         )
     },

@@ -19,6 +19,16 @@ def flask_rule_to_openapi(rule: str) -> str:
 OBJECT = {"type": "object"}  # the 2xx schema of an operation that declares none of its own
 
 
+def REQUIRED(keys: list[str], **types: str) -> dict:
+    """An object answer whose top-level `keys` are always there (types given for some): enough for a client,
+    and for schemathesis to catch an answer that lost a field."""
+    return {
+        "type": "object",
+        "required": keys,
+        "properties": {key: {"type": kind} for key, kind in types.items()},
+    }
+
+
 def operation(
     summary: str,
     *,

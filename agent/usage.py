@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from agent import collectors, gpus, host, idle, scipion_projects, services, slurm_jobs
 from agent.config import Config
 from agent.errors import ApiError
-from agent.openapi import operation
+from agent.openapi import REQUIRED, operation
 
 log = logging.getLogger(__name__)
 bp = Blueprint("usage", __name__)
@@ -46,6 +46,7 @@ OPENAPI = {
         "get": operation(
             "GPU/CPU/wall time and cost per project, protocol and UTC day; idle time; money saved by stops",
             _200="the usage report (?days=N: the last N days, default 31)",
+            schema=REQUIRED(["currency", "days", "totals"], days="array", totals="object"),
             _400="bad days",
             _401="no token",
         )
