@@ -39,7 +39,7 @@ test: deps setup lint ## Install what the tests need, lint (as CI), then run the
 test-gpu: setup ## Run the GPU checks against a real NVIDIA driver (skips without one)
 	$(VENV)/bin/pytest -m gpu -p no:cacheprovider tests/gpu $(PYTEST_ARGS)
 
-lint: setup ## ruff, packer fmt/validate, ansible syntax check and ansible-lint
+lint: $(STAMP) ## ruff, packer fmt/validate, ansible syntax check and ansible-lint
 	$(VENV)/bin/ruff check agent scipioncloud tests bench
 	$(VENV)/bin/ruff format --check agent scipioncloud tests bench
 	@tools/lint-infra
@@ -47,23 +47,23 @@ lint: setup ## ruff, packer fmt/validate, ansible syntax check and ansible-lint
 bench: deps setup ## Run the benchmarks; prints ratios against reference tools
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-agent: setup ## Run the agent in the foreground on 127.0.0.1 with a development config
+agent: $(STAMP) ## Run the agent in the foreground on 127.0.0.1 with a development config
 	@tools/dev-agent
 
-ami: setup ## Bake an AMI: make ami [IMAGE=scipion-desktop] [REGION=eu-west-1] [COPY_TO="us-east-1 ..."]
+ami: $(STAMP) ## Bake an AMI: make ami [IMAGE=scipion-desktop] [REGION=eu-west-1] [COPY_TO="us-east-1 ..."]
 	@command -v packer >/dev/null || tools/install-packer
 	$(VENV)/bin/scipioncloud bake $(IMAGE) $(if $(REGION),--region $(REGION)) $(foreach r,$(COPY_TO),--copy-to $(r))
 
-versions: setup ## Regenerate docs/versions.md (the pinned-versions table) from images/ and role defaults
+versions: $(STAMP) ## Regenerate docs/versions.md (the pinned-versions table) from images/ and role defaults
 	$(PY) -m scipioncloud.versions > docs/versions.md
 
-validate: setup ## Validate every image definition offline (packer validate, ansible syntax)
+validate: $(STAMP) ## Validate every image definition offline (packer validate, ansible syntax)
 	$(VENV)/bin/scipioncloud bake --validate-only --all
 
 rehearse: deps setup ## Rehearse the whole bake offline (moto, debootstrap root filesystem, Packer, Ansible)
 	$(VENV)/bin/pytest -m rehearsal tests/rehearsal $(PYTEST_ARGS)
 
-provision: setup ## Apply the roles to existing machines: make provision HOSTS=a,b [IMAGE=...] [VARS=file.yml]
+provision: $(STAMP) ## Apply the roles to existing machines: make provision HOSTS=a,b [IMAGE=...] [VARS=file.yml]
 	@test -n "$(HOSTS)" || { echo "usage: make provision HOSTS=host1,host2 [IMAGE=scipion-desktop]"; exit 2; }
 	$(VENV)/bin/scipioncloud provision $(subst $(comma), ,$(HOSTS)) --image $(IMAGE) $(foreach v,$(VARS),--vars-file $(v))
 
