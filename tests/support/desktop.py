@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
-import yaml
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from agent.token import ensure_token
 from tests.conftest import REPO
-from tests.support import processes
+from tests.support import processes, roles
 from tests.support.paths import VENV_BIN
 
 ROLE = REPO / "roles" / "desktop"
@@ -48,19 +47,8 @@ def _environment() -> jinja2.Environment:
 
 
 def role_vars(**overrides) -> dict:
-    """The role's defaults with `overrides`, every "{{ ... }}" resolved as Ansible would."""
-    values = {**yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()), **overrides}
-    env = _environment()
-    for _ in range(5):
-        changed = False
-        for key, value in values.items():
-            if isinstance(value, str) and "{{" in value:
-                rendered = env.from_string(value).render(**values)
-                changed |= rendered != value
-                values[key] = rendered
-        if not changed:
-            break
-    return values
+    """The desktop role's defaults with `overrides`, every "{{ ... }}" resolved as Ansible would."""
+    return roles.defaults("desktop", env=_environment(), **overrides)
 
 
 def render(template: str, variables: dict, dest: Path) -> Path:

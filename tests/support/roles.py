@@ -18,9 +18,11 @@ def _environment() -> jinja2.Environment:
     return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)  # noqa: S701 - config files, not HTML
 
 
-def defaults(role: str, **overrides) -> dict:
+def defaults(role: str, *, env: jinja2.Environment | None = None, **overrides) -> dict:
+    """The role's defaults with `overrides`, every "{{ ... }}" resolved as Ansible would (with `env`'s
+    filters when a role's defaults use some)."""
     values = {**yaml.safe_load((REPO / "roles" / role / "defaults/main.yml").read_text()), **overrides}
-    env = _environment()
+    env = env or _environment()
     for _ in range(5):
         changed = False
         for key, value in values.items():
