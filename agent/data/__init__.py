@@ -15,6 +15,7 @@ from agent.config import Config
 from agent.data import archive, follow, policy
 from agent.errors import ApiError, json_body
 from agent.openapi import operation
+from agent.s3.errors import BadRequest
 
 log = logging.getLogger(__name__)
 bp = Blueprint("data", __name__)
@@ -187,5 +188,7 @@ def restore_route(project: str):
         raise ApiError(400, "tier must be Expedited, Standard or Bulk; confirm true or false")
     try:
         return jsonify(_data().archiver.restore(project, movies, tier=tier, confirm=confirm))
+    except BadRequest as exc:  # e.g. Expedited asked of Deep Archive
+        raise ApiError(400, str(exc)) from None
     except RuntimeError as exc:
         raise ApiError(409, str(exc)) from None

@@ -21,8 +21,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from agent.data import policy as policy_mod
 from agent.data import scipion
-from scipioncloud import s3checksums as sums
-from scipioncloud import s3costs, transfer
+from agent.s3 import checksums as sums
+from agent.s3 import costs as s3costs
+from agent.s3 import transfer
 
 log = logging.getLogger(__name__)
 PLACEHOLDER_SUFFIX = ".s3.json"
@@ -164,7 +165,7 @@ class Archiver:
             try:
                 freed += self._archive_one(client, pol, manifest, path)
                 archived.append(str(path))
-            except (OSError, ClientError, BotoCoreError, transfer.OperationFailed, VerifyError) as exc:
+            except (OSError, ClientError, BotoCoreError, transfer.TransferFailed, VerifyError) as exc:
                 failed[str(path)] = str(exc)
                 log.warning("archive of %s failed, the movie stays: %s", path, exc)
         result = {**plan, "dry_run": False, "archived": archived, "failed": failed, "bytes_freed": freed}
@@ -199,7 +200,7 @@ class Archiver:
         )
         pusher.push_many([transfer.PushItem(path, key, st.st_size, st.st_mtime_ns)])
         if totals.failed:
-            raise transfer.OperationFailed(next(iter(totals.failed.values())))
+            raise transfer.TransferFailed(next(iter(totals.failed.values())))
         checksum = verify(client, pol.bucket, key, path, st)
         return self._record_and_free(manifest, pol, path, key, st, checksum)
 
@@ -270,7 +271,7 @@ class Archiver:
                 totals = transfer.Totals()
                 transfer.Puller(client, entry["bucket"], totals=totals).pull_many([(obj, path)])
                 if totals.failed:
-                    raise transfer.OperationFailed(next(iter(totals.failed.values())))
+                    raise transfer.TransferFailed(next(iter(totals.failed.values())))
                 got = sums.file_checksum(path, *sums.object_layout(head))
                 if not sums.same(got, entry["checksum_sha256"]):
                     raise VerifyError(f"{path}: restored bytes differ from the archived checksum")
@@ -278,7 +279,7 @@ class Archiver:
                 path.with_name(path.name + PLACEHOLDER_SUFFIX).unlink(missing_ok=True)
                 manifest.update(path_text, {**entry, "state": "restored", "restored_at": time.time()})
                 restored.append(path_text)
-            except (OSError, ClientError, BotoCoreError, transfer.OperationFailed, VerifyError) as exc:
+            except (OSError, ClientError, BotoCoreError, transfer.TransferFailed, VerifyError) as exc:
                 failed[path_text] = str(exc)
         return {
             "project": project,

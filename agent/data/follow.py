@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scipioncloud import transfer
+from agent.s3 import transfer
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from scipioncloud import buckets, s3costs, transfer
+from agent.s3 import costs as s3costs
+from agent.s3 import transfer
+from agent.s3.ratelimit import TokenBucket, parse_rate
+from scipioncloud import buckets
 from scipioncloud.aws import BotoConfig
 from scipioncloud.commands.common import command
+from scipioncloud.egress import egress_estimate
 from scipioncloud.errors import BadInput, OperationFailed
-from scipioncloud.ratelimit import TokenBucket, parse_rate
 
 
 @click.group()
@@ -133,7 +136,7 @@ def pull(run, source, dest, bwlimit, concurrency, part_size_mb, max_egress_usd, 
     todo = [(o, d) for o, d in jobs if not transfer.local_is_current(d, o)]
     current = [o.key for o, d in jobs if transfer.local_is_current(d, o)]
     needed = sum(o.size for o, _ in todo)
-    egress = s3costs.egress_estimate(needed, run.aws.region_name, same_region_ec2=in_region)
+    egress = egress_estimate(needed, run.aws.region_name, same_region_ec2=in_region)
     run.out.info(f"{len(todo)} object(s), {needed / 1e9:.3f} GB; egress estimate ${egress['usd']:.2f}")
     if max_egress_usd is not None and egress["usd"] > max_egress_usd:
         raise BadInput(f"egress estimate ${egress['usd']:.2f} is above --max-egress-usd {max_egress_usd}")

@@ -164,7 +164,7 @@ def test_deep_archive_restore_waits_for_glacier(tmp_path, movies, bucket, s3):
 
 def test_follow_places_complete_verified_movies(tmp_path, bucket, s3):
     from agent.data import follow
-    from scipioncloud import transfer
+    from agent.s3 import transfer
 
     src = tmp_path / "microscope"
     make_movie(src / "a.tif", 7 * MiB, seed=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from scipioncloud import s3checksums as sums
+from agent.s3 import checksums as sums
 from tests.data.conftest import MiB, cli_json, make_movie, run_cli
 
 pytestmark = pytest.mark.integration
@@ -219,7 +219,7 @@ def test_full_disk_during_pull(cli_env, s3, tmp_path):
         (small / "filler").unlink()
         ballast = small / "ballast"
         ballast.write_bytes(b"\0" * (3 * MiB))
-        from scipioncloud import transfer
+        from agent.s3 import transfer
 
         client = boto3.client("s3")
         totals = transfer.Totals()

@@ -8,7 +8,7 @@ Ctrl-C aborts or orphans the multipart upload and the next run sends every part 
 the upload id; on resume, ListParts (S3's own record) says which parts arrived, with their checksums, and
 only the others are sent. Every part carries an S3 additional checksum (SHA-256) computed here while
 reading the file: S3 rejects a part whose bytes differ, and the object's checksum is compared with the file
-after a pull or before an archive frees anything (see s3checksums)."""
+after a pull or before an archive frees anything (see agent.s3.checksums)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from scipioncloud import s3checksums as sums
-from scipioncloud.errors import BadInput, OperationFailed
-from scipioncloud.ratelimit import TokenBucket
+from agent.s3 import checksums as sums
+from agent.s3.errors import BadRequest, TransferFailed
+from agent.s3.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class S3Url:
     @classmethod
     def parse(cls, text: str) -> S3Url:
         if not text.startswith("s3://") or not text[5:].split("/", 1)[0]:
-            raise BadInput(f"{text!r} is not an S3 address; give s3://BUCKET/PREFIX")
+            raise BadRequest(f"{text!r} is not an S3 address; give s3://BUCKET/PREFIX")
         bucket, _, key = text[5:].partition("/")
         return cls(bucket, key)
 
@@ -172,7 +172,7 @@ def _stash_hash(params, context, **_) -> None:
 
 
 # -- push ----------------------------------------------------------------------------------------------
-class FileChanged(OperationFailed):
+class FileChanged(TransferFailed):
     pass
 
 
@@ -190,7 +190,7 @@ def local_files(source: Path) -> Iterator[tuple[Path, str]]:
         yield source, source.name
         return
     if not source.is_dir():
-        raise BadInput(f"{source} does not exist (give a file or a folder of movies)")
+        raise BadRequest(f"{source} does not exist (give a file or a folder of movies)")
     for root, dirs, files in os.walk(source):
         dirs.sort()
         for name in sorted(files):
@@ -366,7 +366,7 @@ class Pusher:
             for item in items:
                 try:
                     futures = self._submit(pool, item, results)
-                except (OSError, ClientError, OperationFailed) as exc:
+                except (OSError, ClientError, TransferFailed) as exc:
                     self._failed(item, exc)
                     continue
                 pending.update(futures)
@@ -392,7 +392,7 @@ class Pusher:
                     results[item.key] = self._put_single(item)
                     with self.totals.lock:
                         self.totals.transferred.append(item.key)
-                except (OSError, ClientError, OperationFailed) as exc:
+                except (OSError, ClientError, TransferFailed) as exc:
                     self._failed(item, exc)
 
             return [pool.submit(single)]
@@ -451,7 +451,7 @@ class Pusher:
             try:
                 record = self._upload_part(item, upload_id, number, offset, length)
                 part_done(number, record)
-            except (OSError, ClientError, OperationFailed) as exc:
+            except (OSError, ClientError, TransferFailed) as exc:
                 if not failed.is_set():
                     failed.set()
                     self._failed(item, exc)
@@ -544,7 +544,7 @@ def local_is_current(path: Path, obj: RemoteObject) -> bool:
     return st.st_size == obj.size and abs(st.st_mtime - obj.last_modified) < 1e-3
 
 
-class NoSpace(OperationFailed):
+class NoSpace(TransferFailed):
     pass
 
 
@@ -578,7 +578,7 @@ class Puller:
             for obj, dest in jobs:
                 try:
                     futures = self._submit(pool, obj, dest, results)
-                except (OSError, ClientError, OperationFailed) as exc:
+                except (OSError, ClientError, TransferFailed) as exc:
                     self._failed(dest, exc)
                     continue
                 pending.update(futures)
@@ -658,7 +658,7 @@ class Puller:
             if expected and not sums.same(got, expected):
                 partial.unlink(missing_ok=True)
                 state_path.unlink(missing_ok=True)
-                raise OperationFailed(f"{obj.key}: checksum mismatch after download ({got} != {expected})")
+                raise TransferFailed(f"{obj.key}: checksum mismatch after download ({got} != {expected})")
             fd = os.open(partial, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -681,7 +681,7 @@ class Puller:
             if last and not failed.is_set():
                 try:
                     finish()
-                except (OSError, OperationFailed) as exc:
+                except (OSError, TransferFailed) as exc:
                     failed.set()
                     self._failed(dest, exc)
 
@@ -708,10 +708,10 @@ class Puller:
                 if hasher is not None:
                     digests[number] = hasher.digest()
                 if position != offset + length:
-                    raise OperationFailed(f"{obj.key}: short read of part {number}")
+                    raise TransferFailed(f"{obj.key}: short read of part {number}")
                 self.totals.add(length)
                 part_done(number)
-            except (OSError, ClientError, OperationFailed) as exc:
+            except (OSError, ClientError, TransferFailed) as exc:
                 if not failed.is_set():
                     failed.set()
                     self._failed(dest, exc)
