@@ -15,6 +15,7 @@ from agent.config import Config
 from agent.data import archive, follow, policy
 from agent.errors import ApiError, json_body
 from agent.openapi import operation
+from agent.s3 import transfer
 from agent.s3.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,8 @@ OPENAPI = {
 
 def s3_client():
     import boto3
-    from botocore.config import Config as BotoConfig
 
-    return boto3.session.Session().client(
-        "s3", config=BotoConfig(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16)
-    )
+    return boto3.session.Session().client("s3", config=transfer.client_config())
 
 
 class Data:
@@ -92,7 +90,7 @@ class Data:
         for spec in self.config.follow:
             source, _, dest = spec.partition("=")
             try:
-                follows.append(follow.Follow(archive.transfer.S3Url.parse(source), dest=_path(dest)))
+                follows.append(follow.Follow(transfer.S3Url.parse(source), dest=_path(dest)))
             except Exception as exc:
                 self.problem = f"data.follow {spec!r}: {exc}"
         self.follower = follow.Follower(client_factory, follows)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from agent.s3 import checksums as sums
@@ -148,27 +149,17 @@ def upload_state_path(state_dir: Path, bucket: str, key: str, source: Path) -> P
     return state_dir / f"{name}.json"
 
 
-# -- the S3 client's per-request hook: reuse our SHA-256 for SigV4 over plain HTTP --------------------
-def reuse_payload_hash(request, **_) -> None:
-    """Over plain HTTP botocore signs the payload's SHA-256 (it reads the whole part again). We computed
-    that digest already for the part's checksum; hand it over so the part is hashed once."""
-    digest = request.context.get("scipioncloud_sha256_hex")
-    if digest and not request.url.startswith("https"):
-        request.headers["X-Amz-Content-SHA256"] = digest
-
-
-def prepare_client(client) -> Any:
-    events = client.meta.events
-    for op in ("UploadPart", "PutObject"):
-        events.register(f"before-sign.s3.{op}", reuse_payload_hash, unique_id=f"scipioncloud-sha-{op}")
-        events.register(f"before-call.s3.{op}", _stash_hash, unique_id=f"scipioncloud-stash-{op}")
-    return client
-
-
-def _stash_hash(params, context, **_) -> None:
-    checksum = params.get("headers", {}).get("x-amz-checksum-sha256")
-    if checksum:
-        context["scipioncloud_sha256_hex"] = base64.b64decode(checksum).hex()
+# -- the S3 client our transfers want ------------------------------------------------------------------
+def client_config(concurrency: int = DEFAULT_CONCURRENCY) -> Config:
+    """botocore settings for a transfer client: a connection per worker, standard retries, and no SigV4
+    payload hash. Every object and part we send carries its own SHA-256 (x-amz-checksum-sha256) that S3
+    checks, and over HTTPS botocore already leaves such a payload unsigned; over plain HTTP (a local
+    endpoint) it would hash every part a second time, which halved push throughput in bench/bench_data.py."""
+    return Config(
+        retries={"mode": "standard", "max_attempts": 5},
+        max_pool_connections=max(10, concurrency + 2),
+        s3={"payload_signing_enabled": False},
+    )
 
 
 # -- push ----------------------------------------------------------------------------------------------
@@ -230,7 +221,7 @@ class Pusher:
         extra_metadata: dict[str, str] | None = None,
         totals: Totals | None = None,
     ) -> None:
-        self.client = prepare_client(client)
+        self.client = client
         self.bucket = bucket
         self.state_dir = state_dir or default_state_dir()
         self.part_size = part_size
@@ -573,18 +564,30 @@ class Puller:
     def pull_many(self, jobs: list[tuple[RemoteObject, Path]]) -> dict[str, str]:
         """Fetch each (object, destination); {destination: checksum} of those verified and in place."""
         results: dict[str, str] = {}
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="pull") as pool:
-            pending: set[Future] = set()
+
+        def prepare(obj: RemoteObject, dest: Path) -> list[Future]:
+            # HeadObject and the partial file, per file; done in a pool of their own so that a file's round
+            # trip to S3 overlaps the others' downloads (one after another they were most of a pull's time).
+            try:
+                return self._submit(pool, obj, dest, results)
+            except (OSError, ClientError, TransferFailed) as exc:
+                self._failed(dest, exc)
+                return []
+
+        preparers = min(4, self.concurrency)
+        with (
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="pull") as pool,
+            ThreadPoolExecutor(preparers, thread_name_prefix="pull-head") as heads,
+        ):
+            prepared: set[Future] = set()
+            parts: list[Future] = []
             for obj, dest in jobs:
-                try:
-                    futures = self._submit(pool, obj, dest, results)
-                except (OSError, ClientError, TransferFailed) as exc:
-                    self._failed(dest, exc)
-                    continue
-                pending.update(futures)
-                while len(pending) > self.concurrency * 2:
-                    _done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            wait(pending)
+                prepared.add(heads.submit(prepare, obj, dest))
+                while len(prepared) > preparers * 2:  # heads run a little ahead of the downloads, no more
+                    done, prepared = wait(prepared, return_when=FIRST_COMPLETED)
+                    parts.extend(f for d in done for f in d.result())
+            parts.extend(f for d in prepared for f in d.result())
+            wait(parts)
         return results
 
     def _failed(self, dest: Path, exc: BaseException) -> None:

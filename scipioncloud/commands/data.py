@@ -19,7 +19,6 @@ from agent.s3 import costs as s3costs
 from agent.s3 import transfer
 from agent.s3.ratelimit import TokenBucket, parse_rate
 from scipioncloud import buckets
-from scipioncloud.aws import BotoConfig
 from scipioncloud.commands.common import command
 from scipioncloud.egress import egress_estimate
 from scipioncloud.errors import BadInput, OperationFailed
@@ -31,11 +30,9 @@ def data() -> None:
 
 
 def s3_client(run, concurrency: int):
-    # One connection per worker thread; retries as every other command.
-    config = BotoConfig(
-        retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max(10, concurrency + 2)
+    return run.aws.session.client(
+        "s3", region_name=run.aws.region_name, config=transfer.client_config(concurrency)
     )
-    return run.aws.session.client("s3", region_name=run.aws.region_name, config=config)
 
 
 @contextlib.contextmanager
