@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from agent.s3 import checksums as sums
 from agent.s3.errors import BadRequest, TransferFailed
@@ -43,6 +43,7 @@ DEFAULT_PART = 64 * MiB  # a part is in memory only while a worker sends it: 8 x
 DEFAULT_CONCURRENCY = 8
 SINGLE_GET_MAX = 256 * MiB  # single-part objects up to this size come in one GET (verified as they arrive)
 PARTIAL_SUFFIX = ".scipioncloud-partial"  # a pull in progress; renamed into place once verified
+INCOMPLETE = "did not complete (an unexpected error, see the log); run again (it resumes)"
 
 
 # -- addresses -----------------------------------------------------------------------------------------
@@ -163,6 +164,11 @@ def client_config(concurrency: int = DEFAULT_CONCURRENCY) -> Config:
 
 
 # -- push ----------------------------------------------------------------------------------------------
+# What a worker turns into a failure of its file. BotoCoreError too: botocore's own checksum check of a
+# response (FlexibleChecksumError) or a dropped connection must fail the file loudly, not vanish in a future.
+FAILURES = (OSError, ClientError, BotoCoreError, TransferFailed)
+
+
 class FileChanged(TransferFailed):
     pass
 
@@ -357,13 +363,16 @@ class Pusher:
             for item in items:
                 try:
                     futures = self._submit(pool, item, results)
-                except (OSError, ClientError, TransferFailed) as exc:
+                except FAILURES as exc:
                     self._failed(item, exc)
                     continue
                 pending.update(futures)
                 while len(pending) > self.concurrency * 2:  # bounded read-ahead: memory stays parts x 2
                     _done, pending = wait(pending, return_when=FIRST_COMPLETED)
             wait(pending)
+        for item in items:  # every file is sent or failed: none may go missing without a word
+            if item.key not in results and str(item.source) not in self.totals.failed:
+                self._failed(item, TransferFailed(INCOMPLETE))
         return results
 
     def _failed(self, item: PushItem, exc: BaseException) -> None:
@@ -383,7 +392,7 @@ class Pusher:
                     results[item.key] = self._put_single(item)
                     with self.totals.lock:
                         self.totals.transferred.append(item.key)
-                except (OSError, ClientError, TransferFailed) as exc:
+                except FAILURES as exc:
                     self._failed(item, exc)
 
             return [pool.submit(single)]
@@ -442,7 +451,7 @@ class Pusher:
             try:
                 record = self._upload_part(item, upload_id, number, offset, length)
                 part_done(number, record)
-            except (OSError, ClientError, TransferFailed) as exc:
+            except FAILURES as exc:
                 if not failed.is_set():
                     failed.set()
                     self._failed(item, exc)
@@ -570,7 +579,7 @@ class Puller:
             # trip to S3 overlaps the others' downloads (one after another they were most of a pull's time).
             try:
                 return self._submit(pool, obj, dest, results)
-            except (OSError, ClientError, TransferFailed) as exc:
+            except FAILURES as exc:
                 self._failed(dest, exc)
                 return []
 
@@ -588,6 +597,9 @@ class Puller:
                     parts.extend(f for d in done for f in d.result())
             parts.extend(f for d in prepared for f in d.result())
             wait(parts)
+        for _obj, dest in jobs:  # every file is in place or failed: none may go missing without a word
+            if str(dest) not in results and str(dest) not in self.totals.failed:
+                self._failed(dest, TransferFailed(INCOMPLETE))
         return results
 
     def _failed(self, dest: Path, exc: BaseException) -> None:
@@ -714,7 +726,14 @@ class Puller:
                     raise TransferFailed(f"{obj.key}: short read of part {number}")
                 self.totals.add(length)
                 part_done(number)
-            except (OSError, ClientError, TransferFailed) as exc:
+            except FlexibleChecksumError as exc:  # botocore checked S3's checksum of this answer: damaged
+                if not failed.is_set():
+                    failed.set()
+                    partial.unlink(missing_ok=True)  # no damaged bytes kept, not even to resume from
+                    state_path.unlink(missing_ok=True)
+                    message = f"{obj.key}: checksum mismatch during download ({exc})"
+                    self._failed(dest, TransferFailed(message))
+            except FAILURES as exc:
                 if not failed.is_set():
                     failed.set()
                     self._failed(dest, exc)
