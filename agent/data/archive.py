@@ -83,6 +83,7 @@ class Archiver:
         self.client_factory = client_factory
         self.lock = threading.Lock()  # one archive or restore at a time per agent
         self.last: dict[str, dict] = {}
+        self.errors = {"archive": 0, "restore": 0}  # movies that failed since the agent started (/metrics)
 
     def policy(self, project: str) -> policy_mod.ProjectPolicy:
         if project not in self.policies:
@@ -168,6 +169,7 @@ class Archiver:
             except (OSError, ClientError, BotoCoreError, transfer.TransferFailed, VerifyError) as exc:
                 failed[str(path)] = str(exc)
                 log.warning("archive of %s failed, the movie stays: %s", path, exc)
+        self.errors["archive"] += len(failed)
         result = {**plan, "dry_run": False, "archived": archived, "failed": failed, "bytes_freed": freed}
         self.last[project] = {"at": time.time(), "archived": len(archived), "failed": len(failed)}
         return result
@@ -281,6 +283,7 @@ class Archiver:
                 restored.append(path_text)
             except (OSError, ClientError, BotoCoreError, transfer.TransferFailed, VerifyError) as exc:
                 failed[path_text] = str(exc)
+        self.errors["restore"] += len(failed)
         return {
             "project": project,
             "quote": quote,
@@ -296,6 +299,7 @@ class Archiver:
         for name in self.policies:
             entries = self.manifest(name).load().values()
             archived = [e for e in entries if e.get("state") == "archived"]
+            restored = [e for e in entries if e.get("state") == "restored"]
             try:
                 counts = _counts(self.decide(name))
                 problem = None
@@ -307,6 +311,7 @@ class Archiver:
                 "archived": len(archived),
                 "bytes_freed": sum(e["size"] for e in archived),
                 "pending": counts.get("archive", 0) + counts.get("wait", 0),
+                "restored": len(restored),
                 "counts": counts,
                 "last_run": self.last.get(name),
                 "problem": problem,
