@@ -152,14 +152,20 @@ def upload_state_path(state_dir: Path, bucket: str, key: str, source: Path) -> P
 
 # -- the S3 client our transfers want ------------------------------------------------------------------
 def client_config(concurrency: int = DEFAULT_CONCURRENCY) -> Config:
-    """botocore settings for a transfer client: a connection per worker, standard retries, and no SigV4
-    payload hash. Every object and part we send carries its own SHA-256 (x-amz-checksum-sha256) that S3
-    checks, and over HTTPS botocore already leaves such a payload unsigned; over plain HTTP (a local
-    endpoint) it would hash every part a second time, which halved push throughput in bench/bench_data.py."""
+    """botocore settings for a transfer client: a connection per worker, standard retries, and no second
+    hashing of the bytes, which this module already hashes once with SHA-256 (bench/bench_data.py, profiled):
+    - no SigV4 payload hash: every object and part we send carries its own x-amz-checksum-sha256 that S3
+      checks; over HTTPS botocore already leaves such a payload unsigned, over plain HTTP (a local
+      endpoint) it would hash every part a second time;
+    - no botocore checksum of a GET's answer unless asked: a pull hashes each part as it arrives and
+      compares with S3's checksum itself (the Puller), so botocore's own pass would be the same work twice;
+    - request checksums only where S3 requires one: ours are given explicitly on every upload."""
     return Config(
         retries={"mode": "standard", "max_attempts": 5},
         max_pool_connections=max(10, concurrency + 2),
         s3={"payload_signing_enabled": False},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
     )
 
 
