@@ -130,3 +130,26 @@ def test_read_all_on_request_through_the_route_and_the_cli(api, loops, tmp_path,
     assert job["state"] == "done" and job["read_all"] is True and job["bytes_done"] == size
     plain = json.loads(subprocess.run([*argv, "--force"], capture_output=True, text=True, timeout=180).stdout)
     assert plain["read_all"] is False and plain["bytes_total"] < size / 4
+
+
+def test_a_checkpoint_counted_in_the_other_mode_starts_over(loops, tmp_path, storage):
+    """A full read stopped half-way leaves `done` as a device offset; a used-blocks job must not read it as
+    a count of used bytes (that would skip every used block), so it starts from the beginning."""
+    device = loops(size_mb=256)
+    sh("mkfs.ext4", "-q", "-F", device)
+    mnt = tmp_path / "mnt" / "vol"
+    mnt.mkdir(parents=True)
+    sh("mount", device, str(mnt))
+    (mnt / "movie.tif").write_bytes(os.urandom(32 * MiB))
+    sh("umount", str(mnt))
+    used_storage = dataclasses.replace(storage, prewarm_used_only=True)
+    found = blockdev.find(used_storage, device)
+    manager = prewarm.PrewarmManager(used_storage, aws_status=lambda volume_id: None)
+    manager.store.save(prewarm.Checkpoint(found.identity, found.size, found.size // 2, mode="all"))
+    job = manager.start_job(found)
+    assert job.resumed_from == found.size // 2  # taken from the checkpoint...
+    job.thread.join(120)
+    assert job.state == "done", job.error
+    assert job.resumed_from == 0 and job.done == job.size < found.size / 4  # ...then dropped: all used read
+    saved = manager.store.load(found.identity)
+    assert saved.mode == "used" and saved.state == "done"
