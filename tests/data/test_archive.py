@@ -173,6 +173,8 @@ def test_deep_archive_restore_waits_for_glacier(tmp_path, movies, bucket, s3):
     quote = client.post("/v1/data/projects/p1/restore", json={"tier": "Bulk"}, headers=AUTH).get_json()
     (line,) = quote["quote"]["lines"]
     assert line["storage_class"] == "DEEP_ARCHIVE" and line["hours"] == [48, 48] and line["restore_needed"]
+    expedited = client.post("/v1/data/projects/p1/restore", json={"tier": "Expedited"}, headers=AUTH)
+    assert expedited.status_code == 400 and "no Expedited" in expedited.get_json()["error"]  # not a 500
     first = client.post(
         "/v1/data/projects/p1/restore", json={"confirm": True, "movies": ["mov_00.tif"]}, headers=AUTH
     ).get_json()
