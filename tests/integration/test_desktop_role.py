@@ -5,12 +5,17 @@ nothing and the image holds no VNC password, TLS key or token."""
 from __future__ import annotations
 
 import os
+import re
 import stat
+import subprocess
+import time
 
 import pytest
 
 from tests.conftest import REPO
-from tests.support import hygiene, rootfs
+from tests.support import hygiene, image_session, processes, rootfs
+from tests.support.desktop import wait_port
+from tests.support.paths import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 PLAYBOOK = REPO / "tests/roles/desktop.yml"
@@ -134,3 +139,56 @@ def test_version_record_names_turbovnc_and_virtualgl_as_installed(provisioned):
     for package in ("turbovnc", "virtualgl"):
         status = rootfs.run_in_root(root, "dpkg-query", "-W", "-f=${Version}", package)
         assert status.returncode == 0 and components[package] == status.stdout
+
+
+def test_the_user_sees_xfce_and_the_scipion_launcher(provisioned, tmp_path):
+    """What a user gets: the image's own session (the role's script, XFCE, TurboVNC's Xvnc, here the
+    stand-in's TigerVNC behind TurboVNC's options) started from the provisioned root as the desktop user,
+    seen through the image's noVNC in Chromium. Runs last in this module: it adds Scipion's launcher."""
+    root, first, _ = provisioned
+    assert first.rc == 0, first.summary()
+    launcher = rootfs.run_playbook(root, REPO / "tests/roles/scipion-launcher.yml")
+    assert launcher.rc == 0, launcher.summary()
+    shot = tmp_path / "xfce-desktop.png"
+    with image_session.running(root, tmp_path / "session") as session:
+        # XFCE's session came up whole: its window manager, panel and desktop, and no error dialog
+        deadline = time.monotonic() + 30
+        while True:
+            windows = session.windows()
+            wm = session.window_manager()
+            up = '"Xfce4-panel")' in windows and '"Desktop": ("xfdesktop" "Xfdesktop")' in windows
+            if (up and wm == "Xfwm4") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        log = f"session log {session.log}:\n{session.log.read_text()[-3000:]}"
+        assert up and wm == "Xfwm4", f"window manager {wm!r}; windows:\n{windows}\n{log}"
+        titles = re.findall(r'"([^"]*)": \("xfce4-session"', windows)
+        assert set(titles) == {"xfce4-session"}, f"xfce4-session shows a dialog: {titles}\n{log}"
+        # every program of the X session runs as the desktop user, none as root
+        programs = session.processes()
+        names = {name for _, _, name in programs}
+        for wanted in ("Xtigervnc", "xfce4-session", "xfwm4", "xfce4-panel", "xfdesktop"):
+            assert wanted in names, f"{wanted} not running: {programs}"
+        assert {uid for _, uid, _ in programs} == {session.uid}, programs
+
+        # the image's noVNC (websockify serves its files) in Chromium, as the user sees it
+        ws_port = free_port()
+        websockify = subprocess.Popen(
+            ["websockify", "--web", str(root / "usr/share/novnc"), f"127.0.0.1:{ws_port}",
+             f"127.0.0.1:{session.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_port(ws_port)
+            deadline = time.monotonic() + 30
+            while True:  # xfdesktop draws its icons a moment after its window appears
+                image_session.screenshot(session.novnc_url(ws_port), shot)
+                words = image_session.ocr_words(shot)
+                labels = [w for w in words if w.text == "Scipion" and w.left < 300 and w.top > 30]
+                if labels or time.monotonic() > deadline:
+                    break
+        finally:
+            processes.stop(websockify)
+    # the launcher's own name (Name=Scipion) under its icon on the desktop, not its file name
+    assert labels, f"no 'Scipion' label on the desktop in {shot}; read: {[w.text for w in words]}"
+    assert not [w for w in words if "scipion.desktop" in w.text.lower()], f"{shot} shows the file name"
