@@ -178,17 +178,19 @@ def test_the_user_sees_xfce_and_the_scipion_launcher(provisioned, tmp_path):
              f"127.0.0.1:{session.port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        words: list[image_session.Word] = []
+
+        def scipion_label(png):
+            words[:] = image_session.ocr_words(png)
+            return any(w.text == "Scipion" and w.left < 300 and w.top > 30 for w in words)
+
         try:
             wait_port(ws_port)
-            deadline = time.monotonic() + 30
-            while True:  # xfdesktop draws its icons a moment after its window appears
-                image_session.screenshot(session.novnc_url(ws_port), shot)
-                words = image_session.ocr_words(shot)
-                labels = [w for w in words if w.text == "Scipion" and w.left < 300 and w.top > 30]
-                if labels or time.monotonic() > deadline:
-                    break
+            image_session.screenshot(session.novnc_url(ws_port), shot, until=scipion_label)
         finally:
             processes.stop(websockify)
+    kept = image_session.keep(shot, "test_desktop_role-xfce-desktop.png")
     # the launcher's own name (Name=Scipion) under its icon on the desktop, not its file name
-    assert labels, f"no 'Scipion' label on the desktop in {shot}; read: {[w.text for w in words]}"
-    assert not [w for w in words if "scipion.desktop" in w.text.lower()], f"{shot} shows the file name"
+    labels = [w for w in words if w.text == "Scipion" and w.left < 300 and w.top > 30]
+    assert labels, f"no 'Scipion' label on the desktop in {kept}; read: {[w.text for w in words]}"
+    assert not [w for w in words if "scipion.desktop" in w.text.lower()], f"{kept} shows the file name"

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.desktop import rfb
+from tests.support import rootfs
 from tests.support.desktop import CHROMIUM_FLAGS, free_display
 from tests.support.paths import free_port
 
@@ -173,27 +175,41 @@ def _end(session: Session) -> None:
         time.sleep(0.1)
 
 
-def screenshot(url: str, out: Path, hide_novnc_bar: bool = True) -> Path:
-    """noVNC in Chromium (the system's, through Playwright) at the session's size, once it says connected.
-    noVNC's own control bar handle is hidden: it floats over the left edge of the desktop, where XFCE puts
-    its icons, and is the browser page's, not the desktop's."""
+def screenshot(url: str, out: Path, until=None, timeout: float = 60) -> Path:
+    """noVNC in Chromium (the system's, through Playwright) at the session's size, once it says connected:
+    screenshots to `out` again and again until `until(out)` is true or `timeout` passes (XFCE draws its
+    icons a moment after its windows appear; on a loaded machine, longer). noVNC's own control bar handle
+    is hidden: it floats over the left edge of the desktop, where XFCE puts its icons, and is the browser
+    page's, not the desktop's."""
     from playwright.sync_api import sync_playwright
 
+    deadline = time.monotonic() + timeout
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
             page.goto(url)
             page.wait_for_function(
-                "document.documentElement.classList.contains('noVNC_connected')", timeout=20000
+                "document.documentElement.classList.contains('noVNC_connected')", timeout=timeout * 1000
             )
-            if hide_novnc_bar:
-                page.evaluate("document.getElementById('noVNC_control_bar_anchor').style.display = 'none'")
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(out))
+            page.evaluate("document.getElementById('noVNC_control_bar_anchor').style.display = 'none'")
+            while True:
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(out))
+                if until is None or until(out) or time.monotonic() > deadline:
+                    return out
         finally:
             browser.close()
-    return out
+
+
+def keep(png: Path, name: str) -> Path:
+    """A copy of a screenshot where it outlives pytest's rotating tmp folders (which other runs on the same
+    machine rotate away): $SCIPIONCLOUD_ARTIFACTS, else the test cache's artifacts folder."""
+    folder = Path(os.environ.get("SCIPIONCLOUD_ARTIFACTS") or rootfs.cache_dir() / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / name
+    shutil.copyfile(png, kept)
+    return kept
 
 
 @dataclasses.dataclass(frozen=True)
