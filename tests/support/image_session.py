@@ -107,16 +107,13 @@ class Session:
             found.append((int(entry.name), uid, os.path.basename(argv0.split(" ")[0])))
         return found
 
-    def novnc_url(self, ws_port: int) -> str:
-        return (
-            f"http://127.0.0.1:{ws_port}/vnc.html?autoconnect=1&password={self.password}"
-            f"&host=127.0.0.1&port={ws_port}&path=websockify"
-        )
-
 
 @contextlib.contextmanager
-def running(root: Path, work: Path, user: str = "ubuntu", timeout: float = 30) -> Iterator[Session]:
-    """The image's desktop session of `user`, up and speaking RFB; everything it started ends on exit."""
+def running(
+    root: Path, work: Path, user: str = "ubuntu", password: str | None = None, timeout: float = 30
+) -> Iterator[Session]:
+    """The image's desktop session of `user`, up and speaking RFB; everything it started ends on exit.
+    `password`: the VNC password (first boot's, when the test made one), else a fresh one."""
     work.mkdir(parents=True, exist_ok=True)
     env_text = (root / ENV_FILE.lstrip("/")).read_text()
     display, port = free_display(), free_port()
@@ -128,7 +125,7 @@ def running(root: Path, work: Path, user: str = "ubuntu", timeout: float = 30) -
     vncpasswd = "/opt/TurboVNC/bin/vncpasswd" if "TurboVNC" in _env_value(env_text, "DESKTOP_XVNC") else None
     uid = int(next(line for line in (root / "etc/passwd").read_text().splitlines()
                    if line.startswith(f"{user}:")).split(":")[2])  # fmt: skip
-    password = secrets.token_hex(4)  # VNC authentication uses eight characters
+    password = password or secrets.token_hex(4)  # VNC authentication uses eight characters
     made = subprocess.run(
         ["chroot", str(root), vncpasswd or "tigervncpasswd", "-f"],
         input=password.encode(),
@@ -175,19 +172,25 @@ def _end(session: Session) -> None:
         time.sleep(0.1)
 
 
-def screenshot(url: str, out: Path, until=None, timeout: float = 60) -> Path:
+def screenshot(
+    url: str, out: Path, until=None, timeout: float = 60, login: tuple[str, str] | None = None
+) -> Path:
     """noVNC in Chromium (the system's, through Playwright) at the session's size, once it says connected:
     screenshots to `out` again and again until `until(out)` is true or `timeout` passes (XFCE draws its
     icons a moment after its windows appear; on a loaded machine, longer). noVNC's own control bar handle
     is hidden: it floats over the left edge of the desktop, where XFCE puts its icons, and is the browser
-    page's, not the desktop's."""
+    page's, not the desktop's. `login`: what the user types at nginx's password prompt."""
     from playwright.sync_api import sync_playwright
 
     deadline = time.monotonic() + timeout
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page = browser.new_page(
+                viewport={"width": 1920, "height": 1080},
+                ignore_https_errors=True,
+                http_credentials={"username": login[0], "password": login[1]} if login else None,
+            )
             page.goto(url)
             page.wait_for_function(
                 "document.documentElement.classList.contains('noVNC_connected')", timeout=timeout * 1000
