@@ -679,7 +679,8 @@ class Puller:
                             ) from None
                         raise
             state = {"key": obj.key, "etag": remote["ETag"], "part_size": part_size, "done": []}
-            _write_json(state_path, state)
+            if len(layout) > 1:  # one part: nothing to resume from (a partial without state starts over)
+                _write_json(state_path, state)
         lock = threading.Lock()
         failed = threading.Event()
         remaining = [len(layout)]
@@ -715,9 +716,10 @@ class Puller:
             with lock:
                 remaining[0] -= 1
                 done.add(number)
-                state["done"] = sorted(done)
-                _write_json(state_path, state)
                 last = remaining[0] == 0
+                if not last:  # the state file is for a resume; after the last part the file is verified
+                    state["done"] = sorted(done)
+                    _write_json(state_path, state)
             if last and not failed.is_set():
                 try:
                     finish()
