@@ -2,9 +2,10 @@
 
 The order is the safety: (1) the project says the movie is aligned and no active run still reads it, the
 policy covers it and its delay has passed; (2) upload in the policy's storage class; (3) verify: the object's
-size and SHA-256 (S3's checksum) against a fresh read of the file, and the file unchanged since the upload
-began; (4) write the manifest entry and the placeholder (`<movie>.s3.json`, what and where); (5) only then
-unlink the movie. A failure at any step leaves the movie where it was."""
+size and S3's checksum (CRC64NVME; SHA-256 for objects of earlier versions) against a fresh read of the file,
+and the file unchanged since the upload began; (4) write the manifest entry and the placeholder
+(`<movie>.s3.json`, what and where); (5) only then unlink the movie. A failure at any step leaves the
+movie where it was."""
 
 from __future__ import annotations
 
@@ -214,7 +215,8 @@ class Archiver:
             "key": key,
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
-            "checksum_sha256": checksum,
+            "checksum": checksum,
+            "checksum_algorithm": sums.ALGORITHM,
             "storage_class": pol.storage_class,
             "archived_at": time.time(),
         }
@@ -274,8 +276,8 @@ class Archiver:
                 transfer.Puller(client, entry["bucket"], totals=totals).pull_many([(obj, path)])
                 if totals.failed:
                     raise transfer.TransferFailed(next(iter(totals.failed.values())))
-                got = sums.file_checksum(path, *sums.object_layout(head))
-                if not sums.same(got, entry["checksum_sha256"]):
+                got = sums.checksum_like(path, head)
+                if not sums.same(got, recorded_checksum(entry)):
                     raise VerifyError(f"{path}: restored bytes differ from the archived checksum")
                 os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
                 path.with_name(path.name + PLACEHOLDER_SUFFIX).unlink(missing_ok=True)
@@ -324,21 +326,28 @@ class VerifyError(RuntimeError):
 
 
 def verify(client, bucket: str, key: str, path: Path, before: os.stat_result) -> str:
-    """The object in S3 is this file: same size, and S3's SHA-256 equals a fresh read of the file, which
-    has not changed since `before`. Returns the checksum; raises VerifyError otherwise."""
+    """The object in S3 is this file: same size, and S3's checksum (CRC64NVME, or SHA-256 for an object of
+    an earlier version) equals a fresh read of the file, which has not changed since `before`. Returns the
+    checksum; raises VerifyError otherwise."""
     head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     if head["ContentLength"] != before.st_size:
         raise VerifyError(f"s3://{bucket}/{key} has {head['ContentLength']} bytes, the file {before.st_size}")
     remote = sums.object_checksum(head)
     if not remote:
-        raise VerifyError(f"s3://{bucket}/{key} carries no SHA-256 checksum; not freeing {path}")
-    local = sums.file_checksum(path, *sums.object_layout(head))
+        raise VerifyError(f"s3://{bucket}/{key} carries no CRC64NVME or SHA-256 checksum; not freeing {path}")
+    local = sums.checksum_like(path, head)
     now = path.stat()
     if (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise VerifyError(f"{path} changed while it was being archived")
     if not sums.same(local, remote):
         raise VerifyError(f"checksum of s3://{bucket}/{key} ({remote}) differs from {path} ({local})")
     return local
+
+
+def recorded_checksum(entry: dict) -> str | None:
+    """The checksum a manifest entry recorded: "checksum" now, "checksum_sha256" in entries of earlier
+    versions."""
+    return entry.get("checksum") or entry.get("checksum_sha256")
 
 
 def _counts(decisions: list[Decision]) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Follow an S3 prefix and place each new movie, once complete and verified, where a Scipion streaming
 import watches. An object is listed only once its upload completed (S3 shows a multipart upload only after
 CompleteMultipartUpload); it is downloaded to `<name>.scipioncloud-partial` in the same folder (same
-filesystem), checked against its SHA-256, and renamed to its name: Scipion never sees a half-written movie.
+filesystem), checked against S3's checksum, and renamed to its name: Scipion never sees a half-written movie.
 Give the import a file pattern with the movie extension (e.g. `*.tif`), which the partial name never
 matches."""
 

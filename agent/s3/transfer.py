@@ -6,9 +6,9 @@ ranged GetObject) in a thread pool, plus a small JSON state file per file in fli
 transfers (s3transfer's TransferManager) parallelise well but keep the upload id only in memory: a crash or
 Ctrl-C aborts or orphans the multipart upload and the next run sends every part again. The state file holds
 the upload id; on resume, ListParts (S3's own record) says which parts arrived, with their checksums, and
-only the others are sent. Every part carries an S3 additional checksum (SHA-256) computed here while
-reading the file: S3 rejects a part whose bytes differ, and the object's checksum is compared with the file
-after a pull or before an archive frees anything (see agent.s3.checksums)."""
+only the others are sent. Every part carries an S3 additional checksum (CRC64NVME, S3's default) computed
+here while reading the file: S3 rejects a part whose bytes differ, and the object's full-object checksum is
+compared with the file after a pull or before an archive frees anything (see agent.s3.checksums)."""
 
 from __future__ import annotations
 
@@ -153,8 +153,8 @@ def upload_state_path(state_dir: Path, bucket: str, key: str, source: Path) -> P
 # -- the S3 client our transfers want ------------------------------------------------------------------
 def client_config(concurrency: int = DEFAULT_CONCURRENCY) -> Config:
     """botocore settings for a transfer client: a connection per worker, standard retries, and no second
-    hashing of the bytes, which this module already hashes once with SHA-256 (bench/bench_data.py, profiled):
-    - no SigV4 payload hash: every object and part we send carries its own x-amz-checksum-sha256 that S3
+    hashing of the bytes, which this module already checksums once (bench/bench_data.py, profiled):
+    - no SigV4 payload hash: every object and part we send carries its own x-amz-checksum-crc64nvme that S3
       checks; over HTTPS botocore already leaves such a payload unsigned, over plain HTTP (a local
       endpoint) it would hash every part a second time;
     - no botocore checksum of a GET's answer unless asked: a pull hashes each part as it arrives and
@@ -274,7 +274,7 @@ class Pusher:
             "Key": item.key,
             "Body": data,
             "ChecksumAlgorithm": sums.ALGORITHM,
-            "ChecksumSHA256": sums.b64(digest),
+            f"Checksum{sums.ALGORITHM}": sums.b64(digest),
             "Metadata": self._metadata(item, None),
         }
         if self.storage_class:
@@ -294,6 +294,7 @@ class Pusher:
             and state.get("part_size") == part_size
             and state.get("bucket") == self.bucket
             and state.get("key") == item.key
+            and state.get("algorithm") == sums.ALGORITHM  # an upload of an earlier version starts over
         ):
             try:
                 # A part counts as sent when S3 lists it with the ETag we recorded for it (and S3's own
@@ -306,7 +307,7 @@ class Pusher:
                         mine = recorded.get(str(part["PartNumber"]))
                         if not mine or mine["etag"] != part["ETag"]:
                             continue
-                        if part.get("ChecksumSHA256") not in (None, mine["sha"]):
+                        if part.get(f"Checksum{sums.ALGORITHM}") not in (None, mine["checksum"]):
                             continue
                         done[part["PartNumber"]] = mine
                 return state["upload_id"], done
@@ -320,7 +321,7 @@ class Pusher:
             "Bucket": self.bucket,
             "Key": item.key,
             "ChecksumAlgorithm": sums.ALGORITHM,
-            "ChecksumType": "COMPOSITE",  # S3's default for SHA-256; said aloud so emulators agree
+            "ChecksumType": "FULL_OBJECT",  # the only type S3 has for CRC64NVME; said aloud all the same
             "Metadata": self._metadata(item, part_size),
         }
         if self.storage_class:
@@ -336,6 +337,7 @@ class Pusher:
                 "mtime_ns": item.mtime_ns,
                 "part_size": part_size,
                 "upload_id": upload_id,
+                "algorithm": sums.ALGORITHM,
                 "parts": {},
             },
         )
@@ -356,10 +358,10 @@ class Pusher:
             UploadId=upload_id,
             PartNumber=number,
             Body=data,
-            ChecksumSHA256=sums.b64(digest),
+            **{f"Checksum{sums.ALGORITHM}": sums.b64(digest)},
         )
         self.totals.add(length)
-        return {"etag": answer["ETag"], "sha": sums.b64(digest), "digest": digest}
+        return {"etag": answer["ETag"], "checksum": sums.b64(digest), "digest": digest}
 
     def push_many(self, items: list[PushItem]) -> dict[str, dict]:
         """Upload every item; {key: {"checksum", "size"}} for those that made it. Failures go to totals."""
@@ -415,25 +417,29 @@ class Pusher:
             try:
                 self._check_unchanged(item)
                 ordered = [parts[n] for n in range(1, len(layout) + 1)]
+                # S3 checks each part's CRC and the whole object's (the parts' CRCs combined) on completion
+                whole = sums.full_object(
+                    [(p["digest"], length) for p, (_, length) in zip(ordered, layout, strict=True)]
+                )
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=item.key,
                     UploadId=upload_id,
+                    ChecksumType="FULL_OBJECT",
                     MultipartUpload={
                         "Parts": [
-                            {"PartNumber": n, "ETag": p["etag"], "ChecksumSHA256": p["sha"]}
+                            {"PartNumber": n, "ETag": p["etag"], f"Checksum{sums.ALGORITHM}": p["checksum"]}
                             for n, p in enumerate(ordered, 1)
                         ]
                     },
+                    **{f"Checksum{sums.ALGORITHM}": whole},
                 )
             except FileChanged:
                 self._abort({"bucket": self.bucket, "key": item.key, "upload_id": upload_id})
                 state_path.unlink(missing_ok=True)
                 raise
             state_path.unlink(missing_ok=True)
-            digests = [p.get("digest") for p in ordered]
-            checksum = sums.composite(digests) if all(digests) else None
-            results[item.key] = {"key": item.key, "checksum": checksum, "size": item.size}
+            results[item.key] = {"key": item.key, "checksum": whole, "size": item.size}
             with self.totals.lock:
                 self.totals.transferred.append(item.key)
 
@@ -446,7 +452,7 @@ class Pusher:
                 remaining[0] -= 1
                 last = remaining[0] == 0
                 if not last:  # the state file records each part sent, for a resume after a crash
-                    state["parts"][str(number)] = {"etag": record["etag"], "sha": record["sha"]}
+                    state["parts"][str(number)] = {"etag": record["etag"], "checksum": record["checksum"]}
                     _write_json(state_path, state)
             if last and not failed.is_set():
                 finish()
@@ -465,12 +471,11 @@ class Pusher:
         futures = []
         for number, (offset, length) in enumerate(layout, 1):
             if number in done:
-                # A part S3 already holds from an earlier run: its digest is re-derived only if needed.
+                # A part S3 already holds from an earlier run: its CRC (recorded, and S3's) joins the others.
                 self.totals.add(length, resumed=True)
-                digest = base64.b64decode(done[number]["sha"])
-                part_done(
-                    number, {"etag": done[number]["etag"], "sha": done[number]["sha"], "digest": digest}
-                )
+                record = done[number]
+                digest = base64.b64decode(record["checksum"])
+                part_done(number, {"etag": record["etag"], "checksum": record["checksum"], "digest": digest})
                 continue
             futures.append(pool.submit(run_part, number, offset, length))
         return futures
@@ -621,21 +626,30 @@ class Puller:
 
     def _submit(self, pool: ThreadPoolExecutor, obj: RemoteObject, dest: Path, results: dict) -> list[Future]:
         remote = self.client.head_object(Bucket=self.bucket, Key=obj.key, ChecksumMode="ENABLED")
+        algorithm = sums.object_algorithm(remote)
         expected = sums.object_checksum(remote)
         object_part, multipart = sums.object_layout(remote)
-        if multipart and not object_part:
-            expected = None  # parts of unknown size (not uploaded by us): the per-part checks must do
+        crc = algorithm == sums.ALGORITHM
+        if not crc and multipart and not object_part:
+            expected = (
+                None  # SHA-256 of parts of unknown size (not uploaded by us): the per-part checks must do
+            )
         partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
         state_path = partial.with_name(partial.name + ".json")
-        # Download in the object's own parts when known: each part's SHA-256 is then computed while its
-        # bytes arrive, and the file is verified without reading it again.
-        if multipart and object_part:
+        # Each part's checksum is computed while its bytes arrive, so the file is verified without reading it
+        # again. A CRC64NVME (full object) is the parts' CRCs combined, whatever the parts; an object of an
+        # earlier version (SHA-256, composite) must come in its own parts, or in one GET when single-part.
+        if crc:
+            part_size = choose_part_size(obj.size, self.part_size)
+        elif multipart and object_part:
             part_size = object_part
         elif not multipart and expected and obj.size <= SINGLE_GET_MAX:
             part_size = max(obj.size, 1)
         else:
             part_size = choose_part_size(obj.size, self.part_size)
-        streaming = bool(expected) and (part_size == object_part or (not multipart and part_size >= obj.size))
+        streaming = bool(expected) and (
+            crc or part_size == object_part or (not multipart and part_size >= obj.size)
+        )
         digests: dict[int, bytes] = {}
         layout = sums.parts_of(obj.size, part_size)
         state = _read_json(state_path)
@@ -665,7 +679,8 @@ class Puller:
                             ) from None
                         raise
             state = {"key": obj.key, "etag": remote["ETag"], "part_size": part_size, "done": []}
-            _write_json(state_path, state)
+            if len(layout) > 1:  # one part: nothing to resume from (a partial without state starts over)
+                _write_json(state_path, state)
         lock = threading.Lock()
         failed = threading.Event()
         remaining = [len(layout)]
@@ -673,9 +688,14 @@ class Puller:
         def finish() -> None:
             if streaming and len(digests) == len(layout):
                 ordered = [digests[n] for n in range(1, len(layout) + 1)]
-                got = sums.composite(ordered) if multipart else sums.b64(ordered[0])
+                if crc:
+                    got = sums.full_object(
+                        [(d, length) for d, (_, length) in zip(ordered, layout, strict=True)]
+                    )
+                else:
+                    got = sums.composite(ordered) if multipart else sums.b64(ordered[0])
             else:  # parts fetched by an earlier run, or a layout we cannot follow: read the file once
-                got = sums.file_checksum(partial, object_part, multipart) if expected else None
+                got = sums.checksum_like(partial, remote) if expected else None
             if expected and not sums.same(got, expected):
                 partial.unlink(missing_ok=True)
                 state_path.unlink(missing_ok=True)
@@ -696,9 +716,10 @@ class Puller:
             with lock:
                 remaining[0] -= 1
                 done.add(number)
-                state["done"] = sorted(done)
-                _write_json(state_path, state)
                 last = remaining[0] == 0
+                if not last:  # the state file is for a resume; after the last part the file is verified
+                    state["done"] = sorted(done)
+                    _write_json(state_path, state)
             if last and not failed.is_set():
                 try:
                     finish()
@@ -719,7 +740,7 @@ class Puller:
                 )
                 body = answer["Body"]
                 position = offset
-                hasher = hashlib.sha256() if streaming else None
+                hasher = (sums.Crc64() if crc else hashlib.sha256()) if streaming else None
                 with open(partial, "r+b", buffering=0) as handle:
                     for chunk in body.iter_chunks(1024 * 1024):
                         os.pwrite(handle.fileno(), chunk, position)

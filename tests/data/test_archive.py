@@ -256,3 +256,34 @@ def test_bad_configuration_is_reported_not_fatal(tmp_path):
     app = create_app(from_dict(agent_config_dict(tmp_path, data={"policy_file": str(bad)})), token=TOKEN)
     state = app.test_client().get("/v1/data", headers=AUTH).get_json()
     assert "storage_class must be one of" in state["problem"] and state["projects"] == {}
+
+
+def test_objects_and_entries_of_earlier_versions_sha256_still_verify(tmp_path, bucket, s3):
+    """Movies archived before CRC64NVME carry SHA-256 (composite when multipart) in S3 and a manifest entry
+    "checksum_sha256": verify() checks them with SHA-256, and a file with other bytes is never called same."""
+    from agent.data import archive
+    from agent.s3 import checksums as sums
+    from tests.data.test_transfer import put_like_earlier_versions
+
+    movie = make_movie(tmp_path / "old.tif", 11 * MiB, seed=3)
+    put_like_earlier_versions(s3, bucket, "archive/old.tif", movie, 5 * MiB)
+    got = archive.verify(s3, bucket, "archive/old.tif", movie, movie.stat())
+    head = s3.head_object(Bucket=bucket, Key="archive/old.tif", ChecksumMode="ENABLED")
+    assert (
+        sums.same(got, head["ChecksumSHA256"]) and archive.recorded_checksum({"checksum_sha256": got}) == got
+    )
+
+    other = make_movie(tmp_path / "other.tif", 11 * MiB, seed=4)  # same size, other bytes
+    with pytest.raises(archive.VerifyError, match="differs"):
+        archive.verify(s3, bucket, "archive/old.tif", other, other.stat())
+    # a new object (CRC64NVME) verified the same way, and recorded under "checksum"
+    s3.put_object(
+        Bucket=bucket, Key="archive/new.tif", Body=movie.read_bytes(), ChecksumAlgorithm="CRC64NVME"
+    )
+    got = archive.verify(s3, bucket, "archive/new.tif", movie, movie.stat())
+    assert (
+        got
+        == s3.head_object(Bucket=bucket, Key="archive/new.tif", ChecksumMode="ENABLED")["ChecksumCRC64NVME"]
+    )
+    with pytest.raises(archive.VerifyError, match="differs"):
+        archive.verify(s3, bucket, "archive/new.tif", other, other.stat())

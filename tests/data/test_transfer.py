@@ -13,11 +13,19 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.httpchecksum import CrtCrc64NvmeChecksum
 
 from agent.s3 import checksums as sums
 from tests.data.conftest import MiB, cli_json, make_movie, run_cli
 
 pytestmark = pytest.mark.integration
+
+
+def crt_crc64(path: Path) -> str:
+    """botocore's own CRC64NVME of a file's bytes (its class for the x-amz-checksum-crc64nvme header)."""
+    checksum = CrtCrc64NvmeChecksum()
+    checksum.update(path.read_bytes())
+    return checksum.b64digest()
 
 
 def sha(path: Path) -> str:
@@ -42,9 +50,18 @@ def test_push_pull_round_trip_only_changed_and_private_bucket(cli_env, s3, tmp_p
     assert all(block.values()) and len(block) == 4
     rule = s3.get_bucket_encryption(Bucket="lab-movies")["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
-    # S3's own checksum of each object equals the file's, part layout included.
+    # S3's own checksum of each object (CRC64NVME of the whole object, which moto computes from the bytes
+    # of the parts) equals the file's, and the one the push combined from its parts' CRCs.
     head = s3.head_object(Bucket="lab-movies", Key="session1/grid1/movie_001.tif", ChecksumMode="ENABLED")
-    assert sums.same(sums.file_checksum(src / "grid1/movie_001.tif", 5 * MiB, True), head["ChecksumSHA256"])
+    assert "ChecksumSHA256" not in head and head["ChecksumCRC64NVME"] == crt_crc64(
+        src / "grid1/movie_001.tif"
+    )
+    whole = s3.get_object(Bucket="lab-movies", Key="session1/grid1/movie_001.tif", ChecksumMode="ENABLED")
+    assert whole["ChecksumType"] == "FULL_OBJECT"
+    whole["Body"].read()  # botocore checks the answer's CRC64NVME itself (its default, awscrt installed)
+    assert sums.same(
+        sums.file_checksum(src / "grid1/movie_001.tif", 5 * MiB, True), head["ChecksumCRC64NVME"]
+    )
 
     dest = tmp_path / "back"
     code, out = cli_json(cli_env, "data", "pull", "s3://lab-movies/session1", str(dest))
@@ -132,7 +149,7 @@ def test_crash_during_push_resumes_without_resending_parts(cli_env, s3, tmp_path
     assert out["parts_resumed"] == recorded and out["parts_sent"] == 9 - recorded
     head = s3.head_object(Bucket="lab-movies", Key="run/big.tif", ChecksumMode="ENABLED")
     assert head["ContentLength"] == movie.stat().st_size
-    assert sums.same(sums.file_checksum(movie, 5 * MiB, True), head["ChecksumSHA256"])
+    assert head["ChecksumCRC64NVME"] == crt_crc64(movie)  # the resumed parts' CRCs were combined right
     body = s3.get_object(Bucket="lab-movies", Key="run/big.tif")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == sha(movie)
     assert s3.list_multipart_uploads(Bucket="lab-movies").get("Uploads", []) == []
@@ -323,7 +340,7 @@ class CorruptingProxy:
 
 def test_bytes_damaged_on_the_way_fail_the_pull_loudly_and_leave_nothing(cli_env, s3, tmp_path):
     src = tmp_path / "movies"
-    make_movie(src / "bad_multipart.tif", 11 * MiB, seed=1)  # 3 parts of 5 MiB: composite checksum
+    make_movie(src / "bad_multipart.tif", 11 * MiB, seed=1)  # 3 parts of 5 MiB, pulled in 2 ranges
     make_movie(src / "bad_single.tif", 3 * MiB, seed=2)  # one PutObject: plain checksum
     make_movie(src / "good.tif", 2 * MiB, seed=3)
     code, out = cli_json(cli_env, "data", "push", str(src), "s3://lab-movies/run", "--create-bucket",
@@ -345,5 +362,57 @@ def test_bytes_damaged_on_the_way_fail_the_pull_loudly_and_leave_nothing(cli_env
     assert sha(dest / "good.tif") == sha(src / "good.tif")
 
     code, out = cli_json(cli_env, "data", "pull", "s3://lab-movies/run", str(dest))  # the proxy is gone
+    assert code == 0 and out["failed"] == {}, out
+    assert tree(dest) == tree(src)
+
+
+def put_like_earlier_versions(s3, bucket: str, key: str, path: Path, part_size: int | None) -> None:
+    """An object as our uploads wrote it before CRC64NVME: SHA-256, composite when multipart, the part size
+    in its metadata. botocore computes every SHA-256 (ChecksumAlgorithm), S3 (moto) the composite."""
+    data = path.read_bytes()
+    if part_size is None:
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        return
+    meta = {sums.PART_SIZE_META: str(part_size)}
+    upload = s3.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", ChecksumType="COMPOSITE", Metadata=meta
+    )
+    parts = []
+    for number, offset in enumerate(range(0, len(data), part_size), 1):
+        body = data[offset : offset + part_size]
+        answer = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number,
+                                Body=body, ChecksumAlgorithm="SHA256")  # fmt: skip
+        parts.append(
+            {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": answer["ChecksumSHA256"]}
+        )
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                 MultipartUpload={"Parts": parts})  # fmt: skip
+
+
+def test_objects_of_earlier_versions_sha256_still_pull_verified(cli_env, s3, tmp_path):
+    s3.create_bucket(Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    src = tmp_path / "movies"
+    multi = make_movie(src / "bad_multi.tif", 11 * MiB, seed=4)
+    put_like_earlier_versions(s3, "lab-movies", "old/bad_multi.tif", multi, 5 * MiB)
+    put_like_earlier_versions(
+        s3, "lab-movies", "old/bad_single.tif", make_movie(src / "bad_single.tif", 2 * MiB), None
+    )
+    head = s3.head_object(Bucket="lab-movies", Key="old/bad_multi.tif", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] and "ChecksumCRC64NVME" not in head  # moto's HEAD leaves off the "-3"
+    assert sums.same(sums.checksum_like(src / "bad_multi.tif", head), head["ChecksumSHA256"])
+
+    dest = tmp_path / "back"
+    proxy = CorruptingProxy(cli_env["AWS_ENDPOINT_URL"])
+    try:  # damaged on the way: the SHA-256 checks of the old objects still catch it
+        code, out = cli_json({**cli_env, "AWS_ENDPOINT_URL": proxy.url}, "data", "pull", "s3://lab-movies/old",
+                             str(dest))  # fmt: skip
+    finally:
+        proxy.close()
+    assert code == 1 and proxy.corrupted >= 2, out
+    assert set(out["failed"]) == {str(dest / "bad_multi.tif"), str(dest / "bad_single.tif")}
+    assert all("checksum mismatch" in message for message in out["failed"].values())
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+    code, out = cli_json(cli_env, "data", "pull", "s3://lab-movies/old", str(dest))
     assert code == 0 and out["failed"] == {}, out
     assert tree(dest) == tree(src)
