@@ -4,11 +4,13 @@ unimportable (a fresh interpreter each, so nothing is already loaded). The wheel
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +71,35 @@ def test_the_agent_needs_nothing_of_the_operator():
     assert set(failed) <= KNOWN_CROSSINGS, failed
 
 
+def operator_imports(path) -> list[str]:
+    """Every `scipioncloud` import in a module's source, at the top or inside a function (a lazy import
+    escapes the import check above until the code path runs)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        found += [n for n in names if n.split(".")[0] == "scipioncloud"]
+    return found
+
+
+def test_no_agent_module_imports_the_operator_even_lazily():
+    root = Path(agent.__file__).parent
+    crossing = {}
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        if module not in KNOWN_CROSSINGS and operator_imports(path):
+            crossing[module] = operator_imports(path)
+    assert crossing == {}, crossing
+
+
+def test_the_lazy_import_check_sees_a_lazy_import(tmp_path):
+    """The scan above could not fail if it missed imports inside functions."""
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from scipioncloud import costs\n    import scipioncloud.s3costs\n")
+    assert operator_imports(module) == ["scipioncloud", "scipioncloud.s3costs"]
+
+
 def test_the_operator_cli_needs_nothing_of_the_agent_server():
     names = modules(scipioncloud)
     assert "scipioncloud.cli" in names
@@ -107,3 +138,12 @@ def test_wheel_extras_split_the_dependencies(metadata):
     assert not extra("agent") & {"ansible-runner", "packer.py", "pyyaml"}
     assert not extra("cli") & {"flask", "waitress", "psutil", "nvidia-ml-py", "prometheus-client"}
     assert not base & (extra("agent") | extra("cli"))  # a plain install pulls neither side
+
+
+def test_the_wheel_ships_the_one_price_table(agent_wheel):
+    """The agent prices its hours from the table the operator's estimates use: it travels in the wheel
+    beside its reader, in the agent's package (an instance installs only the agent's extra)."""
+    with zipfile.ZipFile(agent_wheel) as wheel:
+        names = set(wheel.namelist())
+        assert {"agent/prices.json", "agent/prices.py"} <= names
+        assert json.loads(wheel.read("agent/prices.json"))["regions"]
