@@ -136,7 +136,8 @@ class IdleMonitor:
         self.action_result: str | None = None
         self.last: dict[str, Any] | None = None
         self.last_at: float | None = None  # clock() of the evaluation behind `last`
-        self._loop = services.Periodic("idle-monitor", config.check_interval_s, self._check_logged)
+        # Periodic guards the tick: a check that raises is logged and the next one runs on schedule.
+        self._loop = services.Periodic("idle-monitor", config.check_interval_s, self.check)
 
     @property
     def acts(self) -> bool:
@@ -329,12 +330,6 @@ class IdleMonitor:
             os.replace(tmp, path)
         except (OSError, ValueError):
             log.exception("could not record the stop in %s", path)
-
-    def _check_logged(self) -> None:
-        try:
-            self.check()
-        except Exception:  # keep watching; the next check may succeed
-            log.exception("idle check failed")
 
     def start(self) -> None:
         self._loop.start()
