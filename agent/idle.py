@@ -41,14 +41,14 @@ STOPS_FILE = "idle-stops.json"  # when the idle action ran: the usage report's "
 MAX_POSTPONE_MIN = 24 * 60
 STAY, WARN, STOP = "stay", "warn", "stop"
 
+STATE = REQUIRED(["idle", "reasons", "signals", "decision"], idle="boolean", reasons="array", signals="array")
+
 OPENAPI = {
     "/v1/idle": {
         "get": operation(
             "Idle or not, since when, each signal's verdict, the last decision (stay, warn, stop) and why",
             _200="the idle state",
-            schema=REQUIRED(
-                ["idle", "reasons", "signals", "decision"], idle="boolean", reasons="array", signals="array"
-            ),
+            schema=STATE,
             _401="no token",
         )
     },
@@ -60,6 +60,7 @@ OPENAPI = {
                 "additionalProperties": False,
                 "properties": {"minutes": {"type": "number", "minimum": 1, "maximum": MAX_POSTPONE_MIN}},
             },
+            schema=STATE,
             _200="the idle state after postponing",
             _400="bad minutes",
             _401="no token",

@@ -9,7 +9,6 @@ import re
 import shutil
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from agent import imds as imds_client
 from agent.token import ensure_token
 from tests.support.desktop import ROLE, DesktopStack, render
-from tests.support.fake_imdsv2 import FakeImdsV2Server
+from tests.support.fake_imdsv2 import FakeImdsV2Server, answering_after
 from tests.support.paths import VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
@@ -154,13 +153,8 @@ def test_on_ec2_first_boot_waits_for_a_late_metadata_service(tmp_path):
     """The network comes up 2 s late: the names still reach the certificate (never a silent fallback)."""
     stack = DesktopStack(tmp_path)
     server = FakeImdsV2Server(meta={"public-hostname": "ec2-5-5-5-5.compute.amazonaws.com"})
-    late = threading.Timer(2, server.__enter__)
-    late.start()
-    try:
+    with answering_after(server, 2):
         ran = run_firstboot_on_ec2(stack, server.url)
-    finally:
-        late.join()
-        server.__exit__(None, None, None)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "ec2-5-5-5-5.compute.amazonaws.com" in cert_names(tmp_path / "tls" / "desktop.crt")
 

@@ -7,7 +7,6 @@ unit loudly and leaves no done-file, so the next boot tries again instead of los
 from __future__ import annotations
 
 import sys
-import threading
 
 import pytest
 
@@ -18,7 +17,7 @@ else:  # pragma: no cover - Python 3.10
 
 from tests.conftest import REPO, free_port
 from tests.support import rootfs
-from tests.support.fake_imdsv2 import FakeImdsV2Server
+from tests.support.fake_imdsv2 import FakeImdsV2Server, answering_after
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 SITE = REPO / "roles/site.yml"
@@ -66,13 +65,8 @@ def test_firstboot_waits_for_a_late_metadata_service_and_fails_loudly_without_on
 
         # comes up 4 s late (the port listens but nobody answers until then): waited for, then applied
         imds = FakeImdsV2Server(user_data=b"#scipioncloud-agent v1\n[idle]\nwindow_min = 45\n")
-        late = threading.Timer(4, imds.__enter__)
-        late.start()
-        try:
+        with answering_after(imds, 4):
             ran = run_firstboot(root, imds.url)
-        finally:
-            late.join()
-            imds.__exit__(None, None, None)
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert "instance metadata service reachable" in ran.stdout
         assert (

@@ -7,10 +7,12 @@ and the meta-data items given (`meta`, changeable while it runs: a stopped and s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 IDENTITY = {
@@ -82,6 +84,19 @@ class FakeImdsV2Server:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
+
+
+@contextlib.contextmanager
+def answering_after(server: FakeImdsV2Server, seconds: float) -> Iterator[FakeImdsV2Server]:
+    """The stand-in's port listens at once but nobody answers for `seconds`: the network of an instance
+    that comes up after the first-boot program started. Stopped on the way out."""
+    late = threading.Timer(seconds, server.__enter__)
+    late.start()
+    try:
+        yield server
+    finally:
+        late.join()
+        server.__exit__(None, None, None)
 
 
 class SilentServer:

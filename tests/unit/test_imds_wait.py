@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 
 import pytest
 
 from agent import imds, userdata
 from agent.config import load as load_agent_config
-from tests.support.fake_imdsv2 import FakeImdsV2Server, SilentServer
+from tests.support.fake_imdsv2 import FakeImdsV2Server, SilentServer, answering_after
 from tests.support.paths import VENV_BIN, free_port
 
 AGENT = str(VENV_BIN / "scipioncloud-agent")
@@ -38,13 +37,8 @@ def test_waits_for_a_metadata_service_that_comes_up_late(tmp_path):
     config = tmp_path / "agent.toml"
     server = FakeImdsV2Server(user_data=USER_DATA)
     config.write_text(f'[host]\nimds_url = "{server.url}"\n')  # the configured address, no override
-    late = threading.Timer(3, server.__enter__)
-    late.start()
-    try:
+    with answering_after(server, 3):
         done = run_userdata(config, "--wait", "30")
-    finally:
-        late.join()
-        server.__exit__(None, None, None)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"instance metadata service reachable at {server.url}" in done.stdout
     assert ("PUT", "/latest/api/token", 200) in server.requests
