@@ -71,7 +71,8 @@ OPENAPI = {
             body={
                 "type": "object",
                 "properties": {
-                    "movies": {"type": "array", "items": {"type": "string"}},
+                    # null or absent: every archived movie of the project
+                    "movies": {"type": "array", "items": {"type": "string"}, "nullable": True},
                     "tier": {"type": "string", "enum": ["Expedited", "Standard", "Bulk"]},
                     "confirm": {"type": "boolean"},
                 },
