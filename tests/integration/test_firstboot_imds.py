@@ -46,6 +46,8 @@ def test_firstboot_waits_for_a_late_metadata_service_and_fails_loudly_without_on
             "agent_wheel": str(agent_wheel),
             "scipioncloud_roles": ["agent", "firstboot"],
             "agent_imds_wait_s": WAIT_S,
+            # the first-boot commands need only the package's own dependencies, not the server's extra
+            "agent_pip_extras": [],
         }
         provisioned = rootfs.run_playbook(root, SITE, extra_vars=extra)
         assert provisioned.rc == 0, provisioned.summary()
