@@ -20,6 +20,7 @@ from tests.support.desktop import (
     DesktopStack,
     browser_context,
     colour_fraction,
+    log_out_from_the_status_page,
     run_watching_command_lines,
     screenshot,
 )
@@ -257,12 +258,7 @@ def test_status_page_shows_the_agents_figures_and_its_button_works(stack):
         assert f":{desktop['display']}" in page.locator("#desktop").inner_text()
 
         old = server_pid(stack.display)
-        page.once("dialog", lambda dialog: dialog.accept())
-        page.click("#logout")
-        page.wait_for_function(
-            "document.getElementById('logout-result').textContent.startsWith('A fresh desktop')",
-            timeout=60000,
-        )
+        log_out_from_the_status_page(page)
         assert server_pid(stack.display) not in (None, old)
         assert rfb_client.connect(stack.vnc_port, stack.password).width == 800
 

@@ -18,7 +18,14 @@ import requests
 
 from agent.desktop.session import server_pid
 from tests.support import rfb_client
-from tests.support.desktop import SESSION_RGB, DesktopStack, browser_context, colour_fraction, screenshot
+from tests.support.desktop import (
+    SESSION_RGB,
+    DesktopStack,
+    browser_context,
+    colour_fraction,
+    log_out_from_the_status_page,
+    screenshot,
+)
 
 pytestmark = pytest.mark.integration
 PAGE = {"X-ScipionCloud-Page": "status"}  # what the status page's own calls carry
@@ -242,12 +249,7 @@ def test_a_page_elsewhere_cannot_act_with_the_browsers_password(stack):
             )
             == 200
         )
-        status.once("dialog", lambda dialog: dialog.accept())
-        status.click("#logout")
-        status.wait_for_function(
-            "document.getElementById('logout-result').textContent.startsWith('A fresh desktop')",
-            timeout=60000,
-        )
+        log_out_from_the_status_page(status)
         assert server_pid(stack.display) not in (None, old)
 
 

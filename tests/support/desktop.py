@@ -126,6 +126,17 @@ def browser_context(login: tuple[str, str] | None) -> Iterator:
             browser.close()
 
 
+def log_out_from_the_status_page(page) -> None:
+    """Click the status page's "Log out" as a user does (confirming the browser's dialog) and wait until the
+    page says a fresh desktop answers."""
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#logout")
+    page.wait_for_function(
+        "document.getElementById('logout-result').textContent.startsWith('A fresh desktop')",
+        timeout=60000,
+    )
+
+
 def screenshot(
     url: str,
     out: Path,
