@@ -82,6 +82,12 @@ def _api_error_exit(exc) -> None:
 @click.argument("device")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Agent TOML config file.")
 @click.option("--force", is_flag=True, help="Read again a volume already pre-warmed.")
+@click.option(
+    "--all-blocks",
+    "read_all",
+    is_flag=True,
+    help="Read every block, not only those the filesystem uses (ext4, xfs; the default).",
+)
 @click.option("--rate", "rate_mb_s", type=float, help="Limit the read rate (MB/s).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final job as JSON, no progress bar.")
 @click.option("--include-loop", is_flag=True, help="Also accept loop devices (tests, benchmarks).")
@@ -89,11 +95,13 @@ def prewarm(
     device: str,
     config_path: Path | None,
     force: bool,
+    read_all: bool,
     rate_mb_s: float | None,
     as_json: bool,
     include_loop: bool,
 ) -> None:
-    """Read every block of DEVICE once (EBS volume id or device name), resuming from its checkpoint."""
+    """Read DEVICE once (EBS volume id or device name), resuming from its checkpoint: the blocks its
+    filesystem uses, or every block with --all-blocks (or for a filesystem the agent cannot map)."""
     import dataclasses
     import json
     import resource
@@ -109,7 +117,7 @@ def prewarm(
         storage = dataclasses.replace(storage, prewarm_rate_mb_s=rate_mb_s)
     manager = PrewarmManager(storage)
     try:
-        job = manager.start_job(blockdev.find(storage, device), force=force)
+        job = manager.start_job(blockdev.find(storage, device), force=force, read_all=read_all)
     except ApiError as exc:
         _api_error_exit(exc)
     # Ctrl-C or SIGTERM: stop fio and keep the checkpoint, so the next run resumes.

@@ -7,14 +7,18 @@ S3 is reached with the instance's credentials through boto3 (AWS_ENDPOINT_URL in
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from flask import Blueprint, Flask, current_app, jsonify
+from prometheus_client.core import CounterMetricFamily, Metric
 
-from agent import services
+from agent import collectors, services
 from agent.config import Config
 from agent.data import archive, follow, policy
 from agent.errors import ApiError, json_body
 from agent.openapi import REQUIRED, operation
+from agent.s3 import transfer
+from agent.s3.errors import BadRequest
 
 log = logging.getLogger(__name__)
 bp = Blueprint("data", __name__)
@@ -89,11 +93,8 @@ OPENAPI = {
 
 def s3_client():
     import boto3
-    from botocore.config import Config as BotoConfig
 
-    return boto3.session.Session().client(
-        "s3", config=BotoConfig(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16)
-    )
+    return boto3.session.Session().client("s3", config=transfer.client_config())
 
 
 class Data:
@@ -110,7 +111,7 @@ class Data:
         for spec in self.config.follow:
             source, _, dest = spec.partition("=")
             try:
-                follows.append(follow.Follow(archive.transfer.S3Url.parse(source), dest=_path(dest)))
+                follows.append(follow.Follow(transfer.S3Url.parse(source), dest=_path(dest)))
             except Exception as exc:
                 self.problem = f"data.follow {spec!r}: {exc}"
         self.follower = follow.Follower(client_factory, follows)
@@ -153,6 +154,42 @@ def init_app(app: Flask, config: Config) -> None:
     data = Data(config)
     app.extensions[KEY] = data
     services.register(app, "data", data)
+    collectors.register(app, "data", collect_metrics)
+
+
+def collect_metrics(app: Flask) -> tuple[Iterator[Metric], bool]:
+    """Movies for /metrics, from the manifests and the projects as GET /v1/data reads them; not ok when a
+    project cannot be read or the configuration has a problem."""
+    data: Data = app.extensions[KEY]
+    projects = data.archiver.status()
+    labels = ["project"]
+    archived = collectors.gauge(
+        "data_archived_movies", "Movies archived to S3 (their EBS space freed)", labels
+    )
+    freed = collectors.gauge(
+        "data_freed_bytes", "EBS bytes freed by archiving (the archived movies' size)", labels
+    )
+    pending = collectors.gauge(
+        "data_pending_movies", "Aligned movies the policy will archive (now or after its delay)", labels
+    )
+    restored = collectors.gauge("data_restored_movies", "Archived movies restored to their paths", labels)
+    for name, p in projects.items():
+        archived.add_metric([name], p["archived"])
+        freed.add_metric([name], p["bytes_freed"])
+        pending.add_metric([name], p["pending"])
+        restored.add_metric([name], p["restored"])
+    placed = collectors.gauge("data_followed_movies", "Movies placed from a followed S3 prefix", ["source"])
+    for follow_ in data.follower.follows:
+        placed.add_metric([str(follow_.url)], len(follow_.placed))
+    errors = CounterMetricFamily(
+        collectors.PREFIX + "data_transfer_errors",
+        "Movies whose transfer failed (and stayed where they were) since the agent started",
+        labels=["operation"],
+    )
+    for kind, count in (*data.archiver.errors.items(), ("follow", data.follower.errors)):
+        errors.add_metric([kind], count)
+    ok = data.problem is None and not any(p["problem"] for p in projects.values())
+    return iter([archived, freed, pending, restored, placed, errors]), ok
 
 
 def _data() -> Data:
@@ -206,5 +243,7 @@ def restore_route(project: str):
         raise ApiError(400, "tier must be Expedited, Standard or Bulk; confirm true or false")
     try:
         return jsonify(_data().archiver.restore(project, movies, tier=tier, confirm=confirm))
+    except BadRequest as exc:  # e.g. Expedited asked of Deep Archive
+        raise ApiError(400, str(exc)) from None
     except RuntimeError as exc:
         raise ApiError(409, str(exc)) from None

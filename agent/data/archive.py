@@ -21,8 +21,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from agent.data import policy as policy_mod
 from agent.data import scipion
-from scipioncloud import s3checksums as sums
-from scipioncloud import s3costs, transfer
+from agent.s3 import checksums as sums
+from agent.s3 import costs as s3costs
+from agent.s3 import transfer
 
 log = logging.getLogger(__name__)
 PLACEHOLDER_SUFFIX = ".s3.json"
@@ -82,6 +83,7 @@ class Archiver:
         self.client_factory = client_factory
         self.lock = threading.Lock()  # one archive or restore at a time per agent
         self.last: dict[str, dict] = {}
+        self.errors = {"archive": 0, "restore": 0}  # movies that failed since the agent started (/metrics)
 
     def policy(self, project: str) -> policy_mod.ProjectPolicy:
         if project not in self.policies:
@@ -164,9 +166,10 @@ class Archiver:
             try:
                 freed += self._archive_one(client, pol, manifest, path)
                 archived.append(str(path))
-            except (OSError, ClientError, BotoCoreError, transfer.OperationFailed, VerifyError) as exc:
+            except (OSError, ClientError, BotoCoreError, transfer.TransferFailed, VerifyError) as exc:
                 failed[str(path)] = str(exc)
                 log.warning("archive of %s failed, the movie stays: %s", path, exc)
+        self.errors["archive"] += len(failed)
         result = {**plan, "dry_run": False, "archived": archived, "failed": failed, "bytes_freed": freed}
         self.last[project] = {"at": time.time(), "archived": len(archived), "failed": len(failed)}
         return result
@@ -199,7 +202,7 @@ class Archiver:
         )
         pusher.push_many([transfer.PushItem(path, key, st.st_size, st.st_mtime_ns)])
         if totals.failed:
-            raise transfer.OperationFailed(next(iter(totals.failed.values())))
+            raise transfer.TransferFailed(next(iter(totals.failed.values())))
         checksum = verify(client, pol.bucket, key, path, st)
         return self._record_and_free(manifest, pol, path, key, st, checksum)
 
@@ -270,7 +273,7 @@ class Archiver:
                 totals = transfer.Totals()
                 transfer.Puller(client, entry["bucket"], totals=totals).pull_many([(obj, path)])
                 if totals.failed:
-                    raise transfer.OperationFailed(next(iter(totals.failed.values())))
+                    raise transfer.TransferFailed(next(iter(totals.failed.values())))
                 got = sums.file_checksum(path, *sums.object_layout(head))
                 if not sums.same(got, entry["checksum_sha256"]):
                     raise VerifyError(f"{path}: restored bytes differ from the archived checksum")
@@ -278,8 +281,9 @@ class Archiver:
                 path.with_name(path.name + PLACEHOLDER_SUFFIX).unlink(missing_ok=True)
                 manifest.update(path_text, {**entry, "state": "restored", "restored_at": time.time()})
                 restored.append(path_text)
-            except (OSError, ClientError, BotoCoreError, transfer.OperationFailed, VerifyError) as exc:
+            except (OSError, ClientError, BotoCoreError, transfer.TransferFailed, VerifyError) as exc:
                 failed[path_text] = str(exc)
+        self.errors["restore"] += len(failed)
         return {
             "project": project,
             "quote": quote,
@@ -295,6 +299,7 @@ class Archiver:
         for name in self.policies:
             entries = self.manifest(name).load().values()
             archived = [e for e in entries if e.get("state") == "archived"]
+            restored = [e for e in entries if e.get("state") == "restored"]
             try:
                 counts = _counts(self.decide(name))
                 problem = None
@@ -306,6 +311,7 @@ class Archiver:
                 "archived": len(archived),
                 "bytes_freed": sum(e["size"] for e in archived),
                 "pending": counts.get("archive", 0) + counts.get("wait", 0),
+                "restored": len(restored),
                 "counts": counts,
                 "last_run": self.last.get(name),
                 "problem": problem,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scipioncloud import transfer
+from agent.s3 import transfer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Follower:
         self.client_factory = client_factory
         self.follows = follows
         self.lock = threading.Lock()
+        self.errors = 0  # movies (or whole looks) that failed since the agent started (/metrics)
 
     def tick(self) -> None:
         with self.lock:
@@ -54,6 +55,7 @@ class Follower:
                 except Exception as exc:  # one bad prefix (no permission, no network) must not stop the rest
                     log.warning("following %s: %s", follow.url, exc)
                     follow.failed[str(follow.url)] = str(exc)
+                    self.errors += 1
 
     def look(self, follow: Follow) -> list[str]:
         client = self.client_factory()
@@ -75,4 +77,5 @@ class Follower:
         follow.bytes_placed += sum(o.size for o, _ in jobs if o.key in placed)
         follow.failed.pop(str(follow.url), None)
         follow.failed.update(totals.failed)
+        self.errors += len(totals.failed)
         return placed

@@ -41,7 +41,14 @@ MOUNT_BODY = {
 PREWARM_BODY = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"force": {"type": "boolean", "default": False}},
+    "properties": {
+        "force": {"type": "boolean", "default": False},
+        "read_all": {
+            "type": "boolean",
+            "default": False,
+            "description": "read every block, not only those the filesystem uses (storage.prewarm_used_only)",
+        },
+    },
 }
 VOLUME = {
     "type": "object",
@@ -82,6 +89,7 @@ JOB = {
         "mb_s": NUMBER_OR_NULL,
         "eta_s": NUMBER_OR_NULL,
         "resumed_from": INT,
+        "read_all": {"type": "boolean"},
         "reason": NULLABLE_STR,
         "error": NULLABLE_STR,
         "aws": {"type": "object", "nullable": True},
@@ -267,16 +275,16 @@ def list_volumes():
 @bp.post("/v1/volumes/<vol>/prewarm")
 def start_prewarm(vol: str):
     body = json_body()
-    unknown = set(body) - {"force"}
+    unknown = set(body) - {"force", "read_all"}
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    force = body.get("force", False)
-    if not isinstance(force, bool):
-        raise ApiError(400, "force must be true or false")
+    force, read_all = body.get("force", False), body.get("read_all", False)
+    if not isinstance(force, bool) or not isinstance(read_all, bool):
+        raise ApiError(400, "force and read_all must be true or false")
     device = blockdev.find(_storage(), vol)
     manager = _manager()
     existing = manager.active_for(device.identity)
-    job = manager.start_job(device, force=force)
+    job = manager.start_job(device, force=force, read_all=read_all)
     status = 200 if existing is not None or job.state in ("done", "skipped") else 202
     return jsonify(job.to_json()), status
 

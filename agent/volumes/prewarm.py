@@ -148,6 +148,10 @@ class Checkpoint:
     state: str = "running"  # running (resume on start), done, cancelled, skipped
     reason: str | None = None
     updated: float = field(default_factory=time.time)
+    # What `done` counts: "used" = bytes of the filesystem's used blocks, "all" = the device from offset 0;
+    # None = written before the two existed (read as before). A resume in the other mode starts over.
+    mode: str | None = None
+    read_all: bool = False  # the request asked for every block (a resume after a restart keeps asking)
 
 
 class CheckpointStore:
@@ -228,6 +232,8 @@ class Job:
     logical_block_size: int
     volume_id: str | None
     resumed_from: int = 0
+    resume_mode: str | None = None  # the checkpoint's mode that resumed_from counts in
+    read_all: bool = False  # every block, not only the filesystem's used ones (per request)
     done: int = 0
     state: str = "queued"  # queued, running, done, skipped, cancelled, failed, stopped
     reason: str | None = None
@@ -257,6 +263,7 @@ class Job:
             "mb_s": round(self.mb_s, 1) if self.mb_s is not None else None,
             "eta_s": 0 if self.state == "done" else eta,
             "resumed_from": self.resumed_from,
+            "read_all": self.read_all,
             "reason": self.reason,
             "error": self.error,
             "aws": self.aws,
@@ -317,7 +324,9 @@ class PrewarmManager:
                 continue
             if device.identity in unfinished or (self.storage.prewarm_auto and self._auto_wanted(device)):
                 try:
-                    started.append(self.start_job(device))
+                    checkpoint = self.store.load(device.identity)
+                    read_all = bool(checkpoint and checkpoint.state == "running" and checkpoint.read_all)
+                    started.append(self.start_job(device, read_all=read_all))
                 except ApiError as exc:
                     log.info("pre-warm of %s not started: %s", device.path, exc.message)
         return started
@@ -354,8 +363,9 @@ class PrewarmManager:
                     return job
         return None
 
-    def start_job(self, device: BlockDevice, *, force: bool = False) -> Job:
-        """Start (or resume from its checkpoint) the pre-warm of `device`; an active job is returned as is."""
+    def start_job(self, device: BlockDevice, *, force: bool = False, read_all: bool = False) -> Job:
+        """Start (or resume from its checkpoint) the pre-warm of `device`; an active job is returned as is.
+        read_all: every block, even where the used ones are known (storage.prewarm_used_only)."""
         if device.state == "root":
             raise ApiError(409, f"{device.path} holds the root filesystem; the agent never touches it")
         with self.lock:
@@ -373,7 +383,10 @@ class PrewarmManager:
                 size=device.size,
                 logical_block_size=device.logical_block_size,
                 volume_id=device.volume_id,
+                read_all=read_all,
             )
+            if checkpoint is not None and read_all and checkpoint.mode == "used":
+                checkpoint = None  # only the used blocks were read: a full read starts over
             if checkpoint is not None and not force:
                 if checkpoint.state in ("done", "skipped"):
                     job.state, job.done, job.reason = (
@@ -385,6 +398,7 @@ class PrewarmManager:
                     self.jobs[job.id] = job
                     return job
                 job.resumed_from = job.done = min(checkpoint.done, device.size)
+                job.resume_mode = checkpoint.mode
             self.jobs[job.id] = job
             job.thread = threading.Thread(target=self._run, args=(job, force), name=f"prewarm-{job.id}")
             job.thread.daemon = True
@@ -459,15 +473,19 @@ class PrewarmManager:
         return True
 
     def _read_locked(self, job: Job) -> None:
-        if self.storage.prewarm_used_only:  # read only the blocks the filesystem uses (issue 14)
+        ranges = None
+        if self.storage.prewarm_used_only and not job.read_all:  # only the blocks in use (issue 14)
             from agent.volumes import prewarm_ranges  # it imports this module
 
             ranges = prewarm_ranges.used_ranges(job.device, job.size)
-            if ranges is not None:
-                return prewarm_ranges.run_job(self, job, ranges, Checkpoint)
+        mode = "all" if ranges is None else "used"
+        if job.resume_mode is not None and job.resume_mode != mode:
+            job.done = job.resumed_from = 0  # the checkpoint counts in the other mode: read from the start
+        if ranges is not None:
+            return prewarm_ranges.run_job(self, job, ranges, Checkpoint)
         job.state = "running"
         self._rebalance()
-        checkpoint = Checkpoint(job.identity, job.size, job.done)
+        checkpoint = Checkpoint(job.identity, job.size, job.done, mode="all", read_all=job.read_all)
         self.store.save(checkpoint)
         aligned_end = job.size // BLOCK * BLOCK
         window_start, window_done = time.monotonic(), job.done

@@ -203,7 +203,7 @@ def run_job(manager, job, ranges: list[tuple[int, int]], checkpoint_cls) -> None
     job.done = min(job.done, job.size)
     job.reason = f"used blocks only: {job.size} of {device_size} bytes"
     job.state = "running"
-    checkpoint = checkpoint_cls(job.identity, device_size, job.done)
+    checkpoint = checkpoint_cls(job.identity, device_size, job.done, mode="used")
     manager.store.save(checkpoint)
     window_start, window_done = time.monotonic(), job.done
     while job.done < job.size and not (job.cancel.is_set() or job.shutdown.is_set()):

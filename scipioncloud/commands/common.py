@@ -22,6 +22,7 @@ from botocore.exceptions import (
     WaiterError,
 )
 
+from agent.s3 import errors as s3errors
 from scipioncloud.aws import Aws
 from scipioncloud.errors import BadInput, CliError, Interrupted, OperationFailed, from_client_error
 from scipioncloud.output import Output
@@ -43,6 +44,10 @@ def translate(exc: Exception, profile: str | None = None) -> CliError | None:
     (None for anything else, which is a bug and keeps its traceback)."""
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, s3errors.BadRequest):
+        return BadInput(str(exc))
+    if isinstance(exc, s3errors.TransferFailed):
+        return OperationFailed(str(exc))
     if isinstance(exc, ClientError):
         return from_client_error(exc)
     who = f"--profile {profile}" if profile else "your profile"

@@ -15,11 +15,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from scipioncloud import buckets, s3costs, transfer
-from scipioncloud.aws import BotoConfig
+from agent.s3 import costs as s3costs
+from agent.s3 import transfer
+from agent.s3.ratelimit import TokenBucket, parse_rate
+from scipioncloud import buckets
 from scipioncloud.commands.common import command
+from scipioncloud.egress import egress_estimate
 from scipioncloud.errors import BadInput, OperationFailed
-from scipioncloud.ratelimit import TokenBucket, parse_rate
 
 
 @click.group()
@@ -28,11 +30,9 @@ def data() -> None:
 
 
 def s3_client(run, concurrency: int):
-    # One connection per worker thread; retries as every other command.
-    config = BotoConfig(
-        retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max(10, concurrency + 2)
+    return run.aws.session.client(
+        "s3", region_name=run.aws.region_name, config=transfer.client_config(concurrency)
     )
-    return run.aws.session.client("s3", region_name=run.aws.region_name, config=config)
 
 
 @contextlib.contextmanager
@@ -133,7 +133,7 @@ def pull(run, source, dest, bwlimit, concurrency, part_size_mb, max_egress_usd, 
     todo = [(o, d) for o, d in jobs if not transfer.local_is_current(d, o)]
     current = [o.key for o, d in jobs if transfer.local_is_current(d, o)]
     needed = sum(o.size for o, _ in todo)
-    egress = s3costs.egress_estimate(needed, run.aws.region_name, same_region_ec2=in_region)
+    egress = egress_estimate(needed, run.aws.region_name, same_region_ec2=in_region)
     run.out.info(f"{len(todo)} object(s), {needed / 1e9:.3f} GB; egress estimate ${egress['usd']:.2f}")
     if max_egress_usd is not None and egress["usd"] > max_egress_usd:
         raise BadInput(f"egress estimate ${egress['usd']:.2f} is above --max-egress-usd {max_egress_usd}")

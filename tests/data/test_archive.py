@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import create_app
 from agent.config import from_dict
@@ -24,6 +25,17 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data_metrics(client) -> dict[tuple, float]:
+    """{(sample name, label value): value} of the data collector, parsed from the real /metrics text."""
+    text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    return {
+        (s.name, *s.labels.values()): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("scipioncloud_data_") or s.labels.get("collector") == "data"
+    }
 
 
 def agent(tmp_path: Path, projects: list[dict], **data) -> tuple:
@@ -96,6 +108,13 @@ def test_archive_aligned_movies_then_restore_bytes_identical(tmp_path, movies, b
     assert (movies / "mov_keep_03.tif").exists()
     state = client.get("/v1/data", headers=AUTH).get_json()["projects"]["p1"]
     assert state["archived"] == 3 and state["bytes_freed"] == done["bytes_freed"] and state["pending"] == 0
+    seen = data_metrics(client)
+    assert seen[("scipioncloud_data_archived_movies", "p1")] == 3
+    assert seen[("scipioncloud_data_freed_bytes", "p1")] == done["bytes_freed"]
+    assert seen[("scipioncloud_data_pending_movies", "p1")] == 0
+    assert seen[("scipioncloud_data_restored_movies", "p1")] == 0
+    assert seen[("scipioncloud_data_transfer_errors_total", "archive")] == 0
+    assert seen[("scipioncloud_scrape_collector_success", "data")] == 1
 
     quote = client.post("/v1/data/projects/p1/restore", json={}, headers=AUTH).get_json()
     assert quote["started"] is False and quote["quote"]["lines"][0]["storage_class"] == "GLACIER_IR"
@@ -103,6 +122,11 @@ def test_archive_aligned_movies_then_restore_bytes_identical(tmp_path, movies, b
     back = client.post("/v1/data/projects/p1/restore", json={"confirm": True}, headers=AUTH).get_json()
     assert back["failed"] == {} and len(back["restored"]) == 3
     assert {p.name: digest(p) for p in movies.iterdir()} == originals  # placeholders gone, bytes identical
+    state = client.get("/v1/data", headers=AUTH).get_json()["projects"]["p1"]
+    assert state["archived"] == 0 and state["bytes_freed"] == 0 and state["restored"] == 3
+    seen = data_metrics(client)
+    assert seen[("scipioncloud_data_restored_movies", "p1")] == 3
+    assert seen[("scipioncloud_data_freed_bytes", "p1")] == 0
 
 
 def test_nothing_freed_while_a_protocol_still_reads_the_movies(tmp_path, movies, bucket, s3):
@@ -127,6 +151,7 @@ def test_nothing_freed_while_a_protocol_still_reads_the_movies(tmp_path, movies,
             break
         time.sleep(0.3)
     assert plan["counts"].get("archive") == 3, plan["counts"]
+    assert data_metrics(client)[("scipioncloud_data_pending_movies", "p1")] == 3
 
 
 def test_not_aligned_not_covered_and_deep_archive_restore(tmp_path, movies, bucket, s3):
@@ -150,6 +175,8 @@ def test_deep_archive_restore_waits_for_glacier(tmp_path, movies, bucket, s3):
     quote = client.post("/v1/data/projects/p1/restore", json={"tier": "Bulk"}, headers=AUTH).get_json()
     (line,) = quote["quote"]["lines"]
     assert line["storage_class"] == "DEEP_ARCHIVE" and line["hours"] == [48, 48] and line["restore_needed"]
+    expedited = client.post("/v1/data/projects/p1/restore", json={"tier": "Expedited"}, headers=AUTH)
+    assert expedited.status_code == 400 and "no Expedited" in expedited.get_json()["error"]  # not a 500
     first = client.post(
         "/v1/data/projects/p1/restore", json={"confirm": True, "movies": ["mov_00.tif"]}, headers=AUTH
     ).get_json()
@@ -166,7 +193,7 @@ def test_deep_archive_restore_waits_for_glacier(tmp_path, movies, bucket, s3):
 
 def test_follow_places_complete_verified_movies(tmp_path, bucket, s3):
     from agent.data import follow
-    from scipioncloud import transfer
+    from agent.s3 import transfer
 
     src = tmp_path / "microscope"
     make_movie(src / "a.tif", 7 * MiB, seed=1)
@@ -198,6 +225,7 @@ def test_never_overwrites_an_object_with_other_bytes(tmp_path, movies, bucket, s
     client, _ = agent(tmp_path, [policy(project)])
     done = client.post("/v1/data/projects/p1/archive", headers=AUTH).get_json()
     assert "not overwriting" in done["failed"][str(movies / "mov_01.tif")]
+    assert data_metrics(client)[("scipioncloud_data_transfer_errors_total", "archive")] == 1
     assert (movies / "mov_01.tif").exists() and len(done["archived"]) == 2
     assert (
         s3.get_object(Bucket=bucket, Key="archive/p1/mov_01.tif")["Body"].read() == b"somebody else's movie"
@@ -207,6 +235,7 @@ def test_never_overwrites_an_object_with_other_bytes(tmp_path, movies, bucket, s
     back = client.post("/v1/data/projects/p1/restore", json={"confirm": True}, headers=AUTH).get_json()
     assert "exists again" in back["failed"][str(movies / "mov_00.tif")]
     assert (movies / "mov_00.tif").read_bytes() == b"new" and back["restored"] == [str(movies / "mov_02.tif")]
+    assert data_metrics(client)[("scipioncloud_data_transfer_errors_total", "restore")] == 1
 
 
 def test_a_project_that_cannot_be_read_is_a_503_not_a_500(tmp_path, bucket):
@@ -215,6 +244,7 @@ def test_a_project_that_cannot_be_read_is_a_503_not_a_500(tmp_path, bucket):
         answer = getattr(client, method)(f"/v1/data/projects/gone/{url}", headers=AUTH)
         assert answer.status_code == 503 and "not a Scipion project" in answer.get_json()["error"]
     state = client.get("/v1/data", headers=AUTH).get_json()["projects"]["gone"]
+    assert data_metrics(client)[("scipioncloud_scrape_collector_success", "data")] == 0  # said, not hidden
     assert "not a Scipion project" in state["problem"]
 
 

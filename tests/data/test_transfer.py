@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from scipioncloud import s3checksums as sums
+from agent.s3 import checksums as sums
 from tests.data.conftest import MiB, cli_json, make_movie, run_cli
 
 pytestmark = pytest.mark.integration
@@ -219,7 +219,7 @@ def test_full_disk_during_pull(cli_env, s3, tmp_path):
         (small / "filler").unlink()
         ballast = small / "ballast"
         ballast.write_bytes(b"\0" * (3 * MiB))
-        from scipioncloud import transfer
+        from agent.s3 import transfer
 
         client = boto3.client("s3")
         totals = transfer.Totals()
@@ -265,3 +265,85 @@ def test_a_given_bucket_is_made_private_and_encrypted(cli_env, s3, tmp_path):
     block = s3.get_public_access_block(Bucket="old-bucket")["PublicAccessBlockConfiguration"]
     assert all(block.values()) and len(block) == 4
     assert s3.get_bucket_encryption(Bucket="old-bucket")["ServerSideEncryptionConfiguration"]["Rules"]
+
+
+class CorruptingProxy:
+    """A loopback HTTP proxy between boto3 and moto that flips the first byte of every GET body whose path
+    names a `bad` key: S3's bytes damaged on the way, which moto itself never does. Everything else passes
+    through unchanged (headers, HEAD answers with their checksums, listings)."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        self.corrupted = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                answer = upstream.getresponse()
+                data = answer.read()
+                upstream.close()
+                if self.command == "GET" and answer.status in (200, 206) and "bad" in self.path and data:
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                    proxy.corrupted += 1
+                self.send_response(answer.status)
+                skip = {"content-length", "transfer-encoding", "connection", "date", "server"}
+                for name, value in answer.getheaders():
+                    if name.lower() not in skip:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", answer.getheader("Content-Length", str(len(data))))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # a free port, never a fixed one
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_bytes_damaged_on_the_way_fail_the_pull_loudly_and_leave_nothing(cli_env, s3, tmp_path):
+    src = tmp_path / "movies"
+    make_movie(src / "bad_multipart.tif", 11 * MiB, seed=1)  # 3 parts of 5 MiB: composite checksum
+    make_movie(src / "bad_single.tif", 3 * MiB, seed=2)  # one PutObject: plain checksum
+    make_movie(src / "good.tif", 2 * MiB, seed=3)
+    code, out = cli_json(cli_env, "data", "push", str(src), "s3://lab-movies/run", "--create-bucket",
+                         "--part-size-mb", "5")  # fmt: skip
+    assert code == 0, out
+    dest = tmp_path / "back"
+    proxy = CorruptingProxy(cli_env["AWS_ENDPOINT_URL"])
+    try:
+        code, out = cli_json({**cli_env, "AWS_ENDPOINT_URL": proxy.url}, "data", "pull", "s3://lab-movies/run",
+                             str(dest))  # fmt: skip
+    finally:
+        proxy.close()
+    assert proxy.corrupted >= 2  # the proxy did damage both bad objects
+    assert code == 1, out
+    assert set(out["failed"]) == {str(dest / "bad_multipart.tif"), str(dest / "bad_single.tif")}
+    assert all("checksum mismatch" in message for message in out["failed"].values())
+    # Nothing half-written or damaged at the destination (no file, partial or state); the good one is whole.
+    assert sorted(p.name for p in dest.iterdir()) == ["good.tif"]
+    assert sha(dest / "good.tif") == sha(src / "good.tif")
+
+    code, out = cli_json(cli_env, "data", "pull", "s3://lab-movies/run", str(dest))  # the proxy is gone
+    assert code == 0 and out["failed"] == {}, out
+    assert tree(dest) == tree(src)

@@ -5,12 +5,16 @@ nothing and the image holds no VNC password, TLS key or token."""
 from __future__ import annotations
 
 import os
+import re
 import stat
+import subprocess
+import time
 
 import pytest
 
 from tests.conftest import REPO
-from tests.support import hygiene, rootfs
+from tests.support import hygiene, image_session, rootfs
+from tests.support.desktop import DesktopStack, exec_start, render, wait_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 PLAYBOOK = REPO / "tests/roles/desktop.yml"
@@ -134,3 +138,61 @@ def test_version_record_names_turbovnc_and_virtualgl_as_installed(provisioned):
     for package in ("turbovnc", "virtualgl"):
         status = rootfs.run_in_root(root, "dpkg-query", "-W", "-f=${Version}", package)
         assert status.returncode == 0 and components[package] == status.stdout
+
+
+def test_the_user_sees_xfce_and_the_scipion_launcher(provisioned, tmp_path):
+    """What a user gets: the image's own session (the role's script, XFCE, TurboVNC's Xvnc, here the
+    stand-in's TigerVNC behind TurboVNC's options) started from the provisioned root as the desktop user,
+    opened as the user opens it: Chromium, the role's nginx site with first boot's password, websockify and
+    the image's noVNC. Runs last in this module: it adds Scipion's launcher."""
+    root, first, _ = provisioned
+    assert first.rc == 0, first.summary()
+    launcher = rootfs.run_playbook(root, REPO / "tests/roles/scipion-launcher.yml")
+    assert launcher.rc == 0, launcher.summary()
+    shot = tmp_path / "xfce-desktop.png"
+    # The web side runs here (nginx needs free ports, not the image's 443): the role's site and units
+    # rendered for a temp dir; first boot's password and certificate made by the agent's own code.
+    web = DesktopStack(tmp_path / "web")
+    web.vars["desktop_novnc_dir"] = str(root / "usr/share/novnc")
+    try:
+        web.firstboot()
+        with image_session.running(root, tmp_path / "session", password=web.password) as session:
+            # XFCE's session came up whole: its window manager, panel and desktop, and no error dialog
+            deadline = time.monotonic() + 30
+            while True:
+                windows = session.windows()
+                wm = session.window_manager()
+                up = '"Xfce4-panel")' in windows and '"Desktop": ("xfdesktop" "Xfdesktop")' in windows
+                if (up and wm == "Xfwm4") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            log = f"session log {session.log}:\n{session.log.read_text()[-3000:]}"
+            assert up and wm == "Xfwm4", f"window manager {wm!r}; windows:\n{windows}\n{log}"
+            titles = re.findall(r'"([^"]*)": \("xfce4-session"', windows)
+            assert set(titles) == {"xfce4-session"}, f"xfce4-session shows a dialog: {titles}\n{log}"
+            # every program of the X session runs as the desktop user, none as root
+            programs = session.processes()
+            names = {name for _, _, name in programs}
+            for wanted in ("Xtigervnc", "xfce4-session", "xfwm4", "xfce4-panel", "xfdesktop"):
+                assert wanted in names, f"{wanted} not running: {programs}"
+            assert {uid for _, uid, _ in programs} == {session.uid}, programs
+
+            web.vars["desktop_vnc_port"] = session.port
+            unit = render("scipioncloud-websockify.service.j2", web.vars, tmp_path / "websockify.service")
+            web.processes.append(subprocess.Popen(exec_start(unit.read_text()), stderr=subprocess.DEVNULL))
+            wait_port(web.ws_port)
+            web.start_nginx()
+            words: list[image_session.Word] = []
+
+            def scipion_label(png):
+                words[:] = image_session.ocr_words(png)
+                return any(w.text == "Scipion" and w.left < 300 and w.top > 30 for w in words)
+
+            image_session.screenshot(web.novnc_url(web.password), shot, until=scipion_label, login=web.login)
+    finally:
+        web.stop()
+    kept = image_session.keep(shot, "test_desktop_role-xfce-desktop.png")
+    # the launcher's own name (Name=Scipion) under its icon on the desktop, not its file name
+    labels = [w for w in words if w.text == "Scipion" and w.left < 300 and w.top > 30]
+    assert labels, f"no 'Scipion' label on the desktop in {kept}; read: {[w.text for w in words]}"
+    assert not [w for w in words if "scipion.desktop" in w.text.lower()], f"{kept} shows the file name"

@@ -485,8 +485,16 @@ TURBOVNC_RELEASES = (("3.3", "20260206"), ("3.2.1", "20251007"))
 VIRTUALGL_RELEASES = (("3.1.4", "20251007"), ("3.1.3", "20250408"))
 
 
+STANDIN_DIR = Path(__file__).parent / "turbovnc_standin"
+
+
 def turbovnc_packages(releases: Iterable[tuple[str, str]] = TURBOVNC_RELEASES) -> list[FakeDeb]:
-    """Every release in `releases` (VERSION, BUILD): the pin must pick the wanted one among several."""
+    """Every release in `releases` (VERSION, BUILD): the pin must pick the wanted one among several.
+
+    Its Xvnc and vncpasswd run a real VNC server: Debian's TigerVNC behind turbovnc_standin/Xvnc, which
+    takes exactly TurboVNC's options (and refuses what TurboVNC refuses), hence the Depends on TigerVNC's
+    packages (the vendor's package depends on no VNC server). vncserver stays a stub: the role never runs it.
+    """
     packages = []
     for version, build in releases:
         banner = f"TurboVNC Server (Xvnc) 64-bit v{version} (build {build})"
@@ -502,11 +510,12 @@ def turbovnc_packages(releases: Iterable[tuple[str, str]] = TURBOVNC_RELEASES) -
                 f"{version}-{build}",
                 files={
                     "/opt/TurboVNC/bin/vncserver": stub,
-                    "/opt/TurboVNC/bin/Xvnc": stub,
-                    "/opt/TurboVNC/bin/vncpasswd": stub,
+                    "/opt/TurboVNC/bin/Xvnc": (STANDIN_DIR / "Xvnc").read_text().replace("@BANNER@", banner),
+                    "/opt/TurboVNC/bin/vncpasswd": (STANDIN_DIR / "vncpasswd").read_text(),
                     "/etc/turbovncserver.conf": '# $geometry = "1240x900";\n',
                     "/etc/turbovncserver-security.conf": "# permitted-security-types = TLSVnc\n",
                 },
+                depends=("tigervnc-standalone-server", "tigervnc-tools"),
                 description="A highly-optimized version of VNC that can be used with VirtualGL",
             )
         )

@@ -144,6 +144,7 @@ def test_each_capability_registers_its_own_collector(tmp_path):
         "idle": "agent.idle",
         "prewarm": "agent.volumes",
         "usage": "agent.usage",
+        "data": "agent.data",
     }
     with pytest.raises(ValueError, match="already registered"):
         collectors.register(app, "gpu", lambda app: (iter([]), True))

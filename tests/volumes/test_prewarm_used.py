@@ -86,3 +86,70 @@ def test_merge_bounds_the_number_of_ranges():
     for start, end in ranges:
         assert any(o <= start and end <= o + n for o, n in merged)
     assert all(o % MiB == 0 and n % MiB == 0 for o, n in merged)
+
+
+def test_read_all_on_request_through_the_route_and_the_cli(api, loops, tmp_path, config_dict):
+    """Used blocks by default; `{"read_all": true}` (and `prewarm --all-blocks`) reads every block of the
+    same volume, even though the used-blocks read finished, and the device stays unchanged."""
+    import json
+    import subprocess
+
+    from tests.conftest import VENV_BIN, write_toml
+    from tests.volumes.conftest import sectors_read
+    from tests.volumes.test_prewarm import wait_for
+
+    size = 256 * MiB
+    device = loops(size_mb=256)
+    sh("mkfs.ext4", "-q", "-F", device)
+    mnt = tmp_path / "mnt" / "vol"
+    mnt.mkdir(parents=True)
+    sh("mount", device, str(mnt))
+    (mnt / "movie.tif").write_bytes(os.urandom(32 * MiB))
+    sh("umount", str(mnt))
+    before, name = disk_checksum(device), device.rsplit("/", 1)[1]
+
+    used = api.post(f"/v1/volumes/{name}/prewarm")
+    assert used.status_code == 202, used.json
+    job = wait_for(lambda p: api.get(p).json, used.json["id"])
+    assert job["read_all"] is False and 32 * MiB <= job["bytes_total"] < size / 4
+
+    assert api.post(f"/v1/volumes/{name}/prewarm", {"read_all": "yes"}).status_code == 400
+    read_before = sectors_read(device)
+    full = api.post(f"/v1/volumes/{name}/prewarm", {"read_all": True})
+    assert full.status_code == 202, full.json  # the used-blocks read being done does not stand for a full one
+    job = wait_for(lambda p: api.get(p).json, full.json["id"], timeout=120)
+    assert job["read_all"] is True and job["bytes_done"] == job["bytes_total"] == size
+    assert (sectors_read(device) - read_before) * 512 >= size
+    assert disk_checksum(device) == before
+
+    config = write_toml(tmp_path / "agent.toml", config_dict)
+    argv = [str(VENV_BIN / "scipioncloud-agent"), "prewarm", device, "--config", str(config), "--json"]
+    cli = subprocess.run([*argv, "--all-blocks", "--force"], capture_output=True, text=True, timeout=180)
+    assert cli.returncode == 0, cli.stderr
+    job = json.loads(cli.stdout)
+    assert job["state"] == "done" and job["read_all"] is True and job["bytes_done"] == size
+    plain = json.loads(subprocess.run([*argv, "--force"], capture_output=True, text=True, timeout=180).stdout)
+    assert plain["read_all"] is False and plain["bytes_total"] < size / 4
+
+
+def test_a_checkpoint_counted_in_the_other_mode_starts_over(loops, tmp_path, storage):
+    """A full read stopped half-way leaves `done` as a device offset; a used-blocks job must not read it as
+    a count of used bytes (that would skip every used block), so it starts from the beginning."""
+    device = loops(size_mb=256)
+    sh("mkfs.ext4", "-q", "-F", device)
+    mnt = tmp_path / "mnt" / "vol"
+    mnt.mkdir(parents=True)
+    sh("mount", device, str(mnt))
+    (mnt / "movie.tif").write_bytes(os.urandom(32 * MiB))
+    sh("umount", str(mnt))
+    used_storage = dataclasses.replace(storage, prewarm_used_only=True)
+    found = blockdev.find(used_storage, device)
+    manager = prewarm.PrewarmManager(used_storage, aws_status=lambda volume_id: None)
+    manager.store.save(prewarm.Checkpoint(found.identity, found.size, found.size // 2, mode="all"))
+    job = manager.start_job(found)
+    assert job.resumed_from == found.size // 2  # taken from the checkpoint...
+    job.thread.join(120)
+    assert job.state == "done", job.error
+    assert job.resumed_from == 0 and job.done == job.size < found.size / 4  # ...then dropped: all used read
+    saved = manager.store.load(found.identity)
+    assert saved.mode == "used" and saved.state == "done"

@@ -159,6 +159,26 @@ function renderUsage(result) {
     `(would have cost ${money(saved.would_have_cost_usd)}, cost ${money(saved.cost_usd)})</p>`;
 }
 
+function renderData(result) {
+  const el = $("data");
+  if (!result.ok) return unavailable(el, result, "Movies");
+  const d = result.body;
+  const projects = Object.entries(d.projects || {});
+  const follows = Array.isArray(d.follow) ? d.follow : [];
+  if (!projects.length && !follows.length) {
+    el.innerHTML = '<span class="muted">No project policy and no followed S3 prefix</span>';
+    return;
+  }
+  const rows = projects.map(([name, p]) => `<tr class="data-project" data-project="${esc(name)}">` +
+    `<td>${esc(name)}</td><td class="data-archived">${esc(p.archived ?? "?")} archived</td>` +
+    `<td class="data-freed">${gib(p.bytes_freed)} GiB freed</td><td class="data-pending">${esc(p.pending ?? "?")} pending</td>` +
+    `<td>${esc(p.restored ?? 0)} restored</td><td class="error">${esc(p.problem || "")}</td></tr>`);
+  follows.forEach((f) => rows.push(`<tr class="data-follow"><td>${esc(f.source)} → ${esc(f.dest)}</td>` +
+    `<td>${esc(f.placed ?? 0)} placed</td><td>${gib(f.bytes_placed)} GiB</td>` +
+    `<td class="error">${Object.keys(f.failed || {}).length ? `${Object.keys(f.failed).length} failed` : ""}</td></tr>`));
+  el.innerHTML = (d.problem ? `<p class="error">${esc(d.problem)}</p>` : "") + `<table>${rows.join("")}</table>`;
+}
+
 function renderDesktop(result) {
   const el = $("desktop");
   if (!result.ok) return unavailable(el, result, "Desktop");
@@ -171,14 +191,15 @@ function renderDesktop(result) {
 }
 
 async function refresh() {
-  const [gpus, volumes, prewarm, idle, desktop, usage] = await Promise.all(
-    ["gpus", "volumes", "prewarm", "idle", "desktop", "usage"].map((p) => get(p)));
+  const [gpus, volumes, prewarm, idle, desktop, usage, data] = await Promise.all(
+    ["gpus", "volumes", "prewarm", "idle", "desktop", "usage", "data"].map((p) => get(p)));
   renderGpus(gpus);
   renderVolumes(volumes);
   renderPrewarm(prewarm);
   renderIdle(idle);
   renderDesktop(desktop);
   renderUsage(usage);
+  renderData(data);
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.loaded = "1";
 }

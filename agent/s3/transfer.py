@@ -8,7 +8,7 @@ Ctrl-C aborts or orphans the multipart upload and the next run sends every part 
 the upload id; on resume, ListParts (S3's own record) says which parts arrived, with their checksums, and
 only the others are sent. Every part carries an S3 additional checksum (SHA-256) computed here while
 reading the file: S3 rejects a part whose bytes differ, and the object's checksum is compared with the file
-after a pull or before an archive frees anything (see s3checksums)."""
+after a pull or before an archive frees anything (see agent.s3.checksums)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
-from scipioncloud import s3checksums as sums
-from scipioncloud.errors import BadInput, OperationFailed
-from scipioncloud.ratelimit import TokenBucket
+from agent.s3 import checksums as sums
+from agent.s3.errors import BadRequest, TransferFailed
+from agent.s3.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ DEFAULT_PART = 64 * MiB  # a part is in memory only while a worker sends it: 8 x
 DEFAULT_CONCURRENCY = 8
 SINGLE_GET_MAX = 256 * MiB  # single-part objects up to this size come in one GET (verified as they arrive)
 PARTIAL_SUFFIX = ".scipioncloud-partial"  # a pull in progress; renamed into place once verified
+INCOMPLETE = "did not complete (an unexpected error, see the log); run again (it resumes)"
 
 
 # -- addresses -----------------------------------------------------------------------------------------
@@ -56,7 +58,7 @@ class S3Url:
     @classmethod
     def parse(cls, text: str) -> S3Url:
         if not text.startswith("s3://") or not text[5:].split("/", 1)[0]:
-            raise BadInput(f"{text!r} is not an S3 address; give s3://BUCKET/PREFIX")
+            raise BadRequest(f"{text!r} is not an S3 address; give s3://BUCKET/PREFIX")
         bucket, _, key = text[5:].partition("/")
         return cls(bucket, key)
 
@@ -148,31 +150,32 @@ def upload_state_path(state_dir: Path, bucket: str, key: str, source: Path) -> P
     return state_dir / f"{name}.json"
 
 
-# -- the S3 client's per-request hook: reuse our SHA-256 for SigV4 over plain HTTP --------------------
-def reuse_payload_hash(request, **_) -> None:
-    """Over plain HTTP botocore signs the payload's SHA-256 (it reads the whole part again). We computed
-    that digest already for the part's checksum; hand it over so the part is hashed once."""
-    digest = request.context.get("scipioncloud_sha256_hex")
-    if digest and not request.url.startswith("https"):
-        request.headers["X-Amz-Content-SHA256"] = digest
-
-
-def prepare_client(client) -> Any:
-    events = client.meta.events
-    for op in ("UploadPart", "PutObject"):
-        events.register(f"before-sign.s3.{op}", reuse_payload_hash, unique_id=f"scipioncloud-sha-{op}")
-        events.register(f"before-call.s3.{op}", _stash_hash, unique_id=f"scipioncloud-stash-{op}")
-    return client
-
-
-def _stash_hash(params, context, **_) -> None:
-    checksum = params.get("headers", {}).get("x-amz-checksum-sha256")
-    if checksum:
-        context["scipioncloud_sha256_hex"] = base64.b64decode(checksum).hex()
+# -- the S3 client our transfers want ------------------------------------------------------------------
+def client_config(concurrency: int = DEFAULT_CONCURRENCY) -> Config:
+    """botocore settings for a transfer client: a connection per worker, standard retries, and no second
+    hashing of the bytes, which this module already hashes once with SHA-256 (bench/bench_data.py, profiled):
+    - no SigV4 payload hash: every object and part we send carries its own x-amz-checksum-sha256 that S3
+      checks; over HTTPS botocore already leaves such a payload unsigned, over plain HTTP (a local
+      endpoint) it would hash every part a second time;
+    - no botocore checksum of a GET's answer unless asked: a pull hashes each part as it arrives and
+      compares with S3's checksum itself (the Puller), so botocore's own pass would be the same work twice;
+    - request checksums only where S3 requires one: ours are given explicitly on every upload."""
+    return Config(
+        retries={"mode": "standard", "max_attempts": 5},
+        max_pool_connections=max(10, concurrency + 2),
+        s3={"payload_signing_enabled": False},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
 
 
 # -- push ----------------------------------------------------------------------------------------------
-class FileChanged(OperationFailed):
+# What a worker turns into a failure of its file. BotoCoreError too: botocore's own checksum check of a
+# response (FlexibleChecksumError) or a dropped connection must fail the file loudly, not vanish in a future.
+FAILURES = (OSError, ClientError, BotoCoreError, TransferFailed)
+
+
+class FileChanged(TransferFailed):
     pass
 
 
@@ -190,7 +193,7 @@ def local_files(source: Path) -> Iterator[tuple[Path, str]]:
         yield source, source.name
         return
     if not source.is_dir():
-        raise BadInput(f"{source} does not exist (give a file or a folder of movies)")
+        raise BadRequest(f"{source} does not exist (give a file or a folder of movies)")
     for root, dirs, files in os.walk(source):
         dirs.sort()
         for name in sorted(files):
@@ -230,7 +233,7 @@ class Pusher:
         extra_metadata: dict[str, str] | None = None,
         totals: Totals | None = None,
     ) -> None:
-        self.client = prepare_client(client)
+        self.client = client
         self.bucket = bucket
         self.state_dir = state_dir or default_state_dir()
         self.part_size = part_size
@@ -366,13 +369,16 @@ class Pusher:
             for item in items:
                 try:
                     futures = self._submit(pool, item, results)
-                except (OSError, ClientError, OperationFailed) as exc:
+                except FAILURES as exc:
                     self._failed(item, exc)
                     continue
                 pending.update(futures)
                 while len(pending) > self.concurrency * 2:  # bounded read-ahead: memory stays parts x 2
                     _done, pending = wait(pending, return_when=FIRST_COMPLETED)
             wait(pending)
+        for item in items:  # every file is sent or failed: none may go missing without a word
+            if item.key not in results and str(item.source) not in self.totals.failed:
+                self._failed(item, TransferFailed(INCOMPLETE))
         return results
 
     def _failed(self, item: PushItem, exc: BaseException) -> None:
@@ -392,7 +398,7 @@ class Pusher:
                     results[item.key] = self._put_single(item)
                     with self.totals.lock:
                         self.totals.transferred.append(item.key)
-                except (OSError, ClientError, OperationFailed) as exc:
+                except FAILURES as exc:
                     self._failed(item, exc)
 
             return [pool.submit(single)]
@@ -451,7 +457,7 @@ class Pusher:
             try:
                 record = self._upload_part(item, upload_id, number, offset, length)
                 part_done(number, record)
-            except (OSError, ClientError, OperationFailed) as exc:
+            except FAILURES as exc:
                 if not failed.is_set():
                     failed.set()
                     self._failed(item, exc)
@@ -544,7 +550,7 @@ def local_is_current(path: Path, obj: RemoteObject) -> bool:
     return st.st_size == obj.size and abs(st.st_mtime - obj.last_modified) < 1e-3
 
 
-class NoSpace(OperationFailed):
+class NoSpace(TransferFailed):
     pass
 
 
@@ -573,18 +579,33 @@ class Puller:
     def pull_many(self, jobs: list[tuple[RemoteObject, Path]]) -> dict[str, str]:
         """Fetch each (object, destination); {destination: checksum} of those verified and in place."""
         results: dict[str, str] = {}
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="pull") as pool:
-            pending: set[Future] = set()
+
+        def prepare(obj: RemoteObject, dest: Path) -> list[Future]:
+            # HeadObject and the partial file, per file; done in a pool of their own so that a file's round
+            # trip to S3 overlaps the others' downloads (one after another they were most of a pull's time).
+            try:
+                return self._submit(pool, obj, dest, results)
+            except FAILURES as exc:
+                self._failed(dest, exc)
+                return []
+
+        preparers = min(4, self.concurrency)
+        with (
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="pull") as pool,
+            ThreadPoolExecutor(preparers, thread_name_prefix="pull-head") as heads,
+        ):
+            prepared: set[Future] = set()
+            parts: list[Future] = []
             for obj, dest in jobs:
-                try:
-                    futures = self._submit(pool, obj, dest, results)
-                except (OSError, ClientError, OperationFailed) as exc:
-                    self._failed(dest, exc)
-                    continue
-                pending.update(futures)
-                while len(pending) > self.concurrency * 2:
-                    _done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            wait(pending)
+                prepared.add(heads.submit(prepare, obj, dest))
+                while len(prepared) > preparers * 2:  # heads run a little ahead of the downloads, no more
+                    done, prepared = wait(prepared, return_when=FIRST_COMPLETED)
+                    parts.extend(f for d in done for f in d.result())
+            parts.extend(f for d in prepared for f in d.result())
+            wait(parts)
+        for _obj, dest in jobs:  # every file is in place or failed: none may go missing without a word
+            if str(dest) not in results and str(dest) not in self.totals.failed:
+                self._failed(dest, TransferFailed(INCOMPLETE))
         return results
 
     def _failed(self, dest: Path, exc: BaseException) -> None:
@@ -658,7 +679,7 @@ class Puller:
             if expected and not sums.same(got, expected):
                 partial.unlink(missing_ok=True)
                 state_path.unlink(missing_ok=True)
-                raise OperationFailed(f"{obj.key}: checksum mismatch after download ({got} != {expected})")
+                raise TransferFailed(f"{obj.key}: checksum mismatch after download ({got} != {expected})")
             fd = os.open(partial, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -681,7 +702,7 @@ class Puller:
             if last and not failed.is_set():
                 try:
                     finish()
-                except (OSError, OperationFailed) as exc:
+                except (OSError, TransferFailed) as exc:
                     failed.set()
                     self._failed(dest, exc)
 
@@ -708,10 +729,17 @@ class Puller:
                 if hasher is not None:
                     digests[number] = hasher.digest()
                 if position != offset + length:
-                    raise OperationFailed(f"{obj.key}: short read of part {number}")
+                    raise TransferFailed(f"{obj.key}: short read of part {number}")
                 self.totals.add(length)
                 part_done(number)
-            except (OSError, ClientError, OperationFailed) as exc:
+            except FlexibleChecksumError as exc:  # botocore checked S3's checksum of this answer: damaged
+                if not failed.is_set():
+                    failed.set()
+                    partial.unlink(missing_ok=True)  # no damaged bytes kept, not even to resume from
+                    state_path.unlink(missing_ok=True)
+                    message = f"{obj.key}: checksum mismatch during download ({exc})"
+                    self._failed(dest, TransferFailed(message))
+            except FAILURES as exc:
                 if not failed.is_set():
                     failed.set()
                     self._failed(dest, exc)

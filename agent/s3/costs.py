@@ -1,6 +1,6 @@
-"""What moving movies costs: egress of a pull, retrieval (time and money) of a restore, and the monthly
-saving of archiving from EBS to an S3 storage class. Prices from data/s3-prices.json (storage, retrieval)
-and data/prices.json (transfer out, through scipioncloud.costs)."""
+"""What keeping movies in S3 costs: retrieval (time and money) of a restore, and the monthly saving of
+archiving from EBS to an S3 storage class. Prices from s3-prices.json beside this module. (The egress of a
+pull to a lab's machine is the CLI's: scipioncloud.egress, with the CLI's transfer-out table.)"""
 
 from __future__ import annotations
 
@@ -9,34 +9,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from scipioncloud import costs
-from scipioncloud.errors import BadInput
+from agent.s3.errors import BadRequest
 
-TABLE = Path(str(resources.files("scipioncloud") / "data" / "s3-prices.json"))
+TABLE = Path(str(resources.files("agent.s3") / "s3-prices.json"))
 GB = 1e9  # AWS bills decimal GB
 
 
 def table() -> dict:
     return json.loads(TABLE.read_text())
-
-
-def egress_estimate(nbytes: int, region: str = "us-east-1", *, same_region_ec2: bool = False) -> dict:
-    """Transfer-out cost of pulling `nbytes` to the internet (a lab's machine) in one month, before any other
-    egress that month; pulling to an EC2 instance in the bucket's region costs nothing."""
-    gb = nbytes / GB
-    if same_region_ec2:
-        return {"gb": round(gb, 3), "usd": 0.0, "note": "S3 to EC2 in the same region is free"}
-    try:
-        prices = costs.load_table().region(region)
-    except BadInput:
-        prices = costs.load_table().region("us-east-1")
-    usd = costs.transfer_cost(gb, prices.free_gb_per_month, prices.tiers)
-    return {
-        "gb": round(gb, 3),
-        "usd": round(usd, 2),
-        "free_gb_per_month": prices.free_gb_per_month,
-        "note": "internet egress; the monthly free allowance is shared with everything else in the account",
-    }
 
 
 def retrieval_quote(objects: list[dict[str, Any]], tier: str | None = None) -> dict:
@@ -52,13 +32,13 @@ def retrieval_quote(objects: list[dict[str, Any]], tier: str | None = None) -> d
     for storage_class, entry in sorted(by_class.items()):
         options = t["retrieval"].get(storage_class)
         if options is None:
-            raise BadInput(f"no retrieval prices for storage class {storage_class}")
+            raise BadRequest(f"no retrieval prices for storage class {storage_class}")
         if "direct" in options:
             chosen, option = "direct", options["direct"]
         else:
             chosen = tier or "Standard"
             if chosen not in options:
-                raise BadInput(f"{storage_class} has no {chosen} retrieval; one of {', '.join(options)}")
+                raise BadRequest(f"{storage_class} has no {chosen} retrieval; one of {', '.join(options)}")
             option = options[chosen]
         usd = entry["bytes"] / GB * option["per_gb"] + entry["count"] / 1000 * option["per_1000"]
         total += usd
@@ -81,7 +61,7 @@ def monthly_saving(nbytes: int, storage_class: str) -> dict:
     """EBS gp3 per month minus the storage class per month for `nbytes`."""
     t = table()
     if storage_class not in t["storage_per_gb_month"]:
-        raise BadInput(f"unknown storage class {storage_class!r}")
+        raise BadRequest(f"unknown storage class {storage_class!r}")
     gb = nbytes / GB
     ebs = gb * t["ebs_gp3_per_gb_month"]
     s3 = gb * t["storage_per_gb_month"][storage_class]

@@ -6,7 +6,7 @@ import re
 import threading
 import time
 
-from scipioncloud.errors import BadInput
+from agent.s3.errors import BadRequest
 
 UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9}
 UNITS.update({"kib": 1024, "mib": 1024**2, "gib": 1024**3})
@@ -19,7 +19,7 @@ def parse_rate(text: str | None) -> float | None:
         return None
     match = RATE.match(text)
     if not match or match[2].lower() not in UNITS:
-        raise BadInput(f"--bwlimit {text!r}: give a rate such as 50MB, 200MiB or 1GB (per second)")
+        raise BadRequest(f"--bwlimit {text!r}: give a rate such as 50MB, 200MiB or 1GB (per second)")
     value = float(match[1]) * UNITS[match[2].lower()]
     return value or None
 
