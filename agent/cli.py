@@ -245,13 +245,26 @@ def token(config_path: Path | None) -> None:
     envvar="SCIPIONCLOUD_IMDS_URL",
     help="Instance metadata service address [default: the config's host.imds_url].",
 )
-def userdata(config_path: Path | None, user_data_file: Path | None, imds_url: str | None) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="On EC2, wait this many seconds (retrying) for the metadata service, then fail: at boot the "
+    "network may come up late. Off EC2 it is asked once.",
+)
+def userdata(
+    config_path: Path | None, user_data_file: Path | None, imds_url: str | None, wait_s: float
+) -> None:
     """Apply the agent settings of `scipioncloud launch` (EC2 user data) to the config file.
 
-    User data of another kind (#cloud-config) or none at all changes nothing; off EC2 neither."""
+    User data of another kind (#cloud-config) or none at all changes nothing; off EC2 neither. On EC2 with
+    --wait, a metadata service that never answers is an error (exit status 1): the launch settings are
+    never lost silently, and the first-boot unit tries again at the next boot."""
+    from agent import imds
     from agent import userdata as launch
     from agent.config import DEFAULT_PATH
-    from agent.imds import ImdsClient, ImdsUnavailable
 
     path = config_path or DEFAULT_PATH
     if user_data_file is not None:
@@ -259,12 +272,24 @@ def userdata(config_path: Path | None, user_data_file: Path | None, imds_url: st
     else:
         config = load_or_exit(config_path)
         try:
-            raw = ImdsClient(imds_url or config.host.imds_url, timeout_s=2).user_data()
+            client = imds.ImdsClient(imds_url or config.host.imds_url, timeout_s=2)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        except ImdsUnavailable as exc:
-            click.echo(f"agent-userdata: no instance metadata service ({exc}); nothing to apply")
-            return
+        if wait_s > 0 and imds.on_ec2():
+            try:
+                raw = imds.wait_for(lambda c: c.user_data(), client, wait_s)
+            except imds.ImdsUnavailable as exc:
+                raise click.ClickException(
+                    f"agent-userdata: {exc}; the launch settings are NOT applied"
+                    " (first boot fails and tries again at the next boot)"
+                ) from None
+            click.echo(f"agent-userdata: instance metadata service reachable at {client.base_url}")
+        else:
+            try:
+                raw = client.user_data()
+            except imds.ImdsUnavailable as exc:
+                click.echo(f"agent-userdata: no instance metadata service ({exc}); nothing to apply")
+                return
         if raw is None:
             click.echo("agent-userdata: the instance has no user data; nothing to apply")
             return

@@ -109,7 +109,7 @@ class IdleConfig:
 class UsageConfig:
     interval_s: float = 15.0  # how often usage is sampled and attributed
     price_per_hour: float | None = None  # the instance's price; None = the price table, by IMDS type
-    prices_file: str = ""  # "" = the price table shipped with the CLI (scipioncloud/data/prices.json)
+    prices_file: str = ""  # "" = the shipped price table (agent/prices.json, agent/prices.py)
     volume_type: str = "gp3"  # EBS type assumed for attached volumes when AWS does not say
 
 

@@ -41,14 +41,14 @@ STOPS_FILE = "idle-stops.json"  # when the idle action ran: the usage report's "
 MAX_POSTPONE_MIN = 24 * 60
 STAY, WARN, STOP = "stay", "warn", "stop"
 
+STATE = REQUIRED(["idle", "reasons", "signals", "decision"], idle="boolean", reasons="array", signals="array")
+
 OPENAPI = {
     "/v1/idle": {
         "get": operation(
             "Idle or not, since when, each signal's verdict, the last decision (stay, warn, stop) and why",
             _200="the idle state",
-            schema=REQUIRED(
-                ["idle", "reasons", "signals", "decision"], idle="boolean", reasons="array", signals="array"
-            ),
+            schema=STATE,
             _401="no token",
         )
     },
@@ -60,6 +60,7 @@ OPENAPI = {
                 "additionalProperties": False,
                 "properties": {"minutes": {"type": "number", "minimum": 1, "maximum": MAX_POSTPONE_MIN}},
             },
+            schema=STATE,
             _200="the idle state after postponing",
             _400="bad minutes",
             _401="no token",
@@ -136,7 +137,8 @@ class IdleMonitor:
         self.action_result: str | None = None
         self.last: dict[str, Any] | None = None
         self.last_at: float | None = None  # clock() of the evaluation behind `last`
-        self._loop = services.Periodic("idle-monitor", config.check_interval_s, self._check_logged)
+        # Periodic guards the tick: a check that raises is logged and the next one runs on schedule.
+        self._loop = services.Periodic("idle-monitor", config.check_interval_s, self.check)
 
     @property
     def acts(self) -> bool:
@@ -329,12 +331,6 @@ class IdleMonitor:
             os.replace(tmp, path)
         except (OSError, ValueError):
             log.exception("could not record the stop in %s", path)
-
-    def _check_logged(self) -> None:
-        try:
-            self.check()
-        except Exception:  # keep watching; the next check may succeed
-            log.exception("idle check failed")
 
     def start(self) -> None:
         self._loop.start()

@@ -2,22 +2,49 @@
 GETs that carry it. Every user of IMDS in the agent goes through here, at the address of `host.imds_url`.
 
 Off EC2 nothing answers: every call raises ImdsUnavailable (an OSError) after `timeout_s`, and the callers
-treat that as "not on EC2". Only the standard library: the first-boot commands use it too."""
+treat that as "not on EC2". At boot the network may come up after the caller starts: `wait_for` retries,
+with backoff, for a bounded time, and `on_ec2` says whether waiting makes sense at all. Only the standard
+library: the first-boot commands use it too."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 DEFAULT_URL = "http://169.254.169.254"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name, not a secret
 
 
+# Environment override of the EC2 detection ("1" or "0"): tests, and machines whose firmware hides it.
+ON_EC2_ENV = "SCIPIONCLOUD_ON_EC2"
+T = TypeVar("T")
+
+
 class ImdsUnavailable(OSError):
     """IMDS did not answer (off EC2, or hop limit, or timeout); the message says where and why."""
+
+
+def on_ec2(sys_root: Path = Path("/sys")) -> bool:
+    """Whether this machine is an EC2 instance, from what the hypervisor tells the kernel (no network):
+    Xen instances have a /sys/hypervisor/uuid starting with "ec2", Nitro ones the DMI vendor "Amazon EC2"
+    (AWS's "Identify EC2 instances" guide; clock-bound's and systemd-detect-virt's checks are the same)."""
+    forced = os.environ.get(ON_EC2_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    for path, wanted in (("hypervisor/uuid", "ec2"), ("class/dmi/id/sys_vendor", "amazon ec2")):
+        try:
+            if (sys_root / path).read_text().strip().lower().startswith(wanted):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class ImdsClient:
@@ -79,3 +106,42 @@ class ImdsClient:
             if value and value.strip():
                 found[key] = value.decode().strip()
         return found
+
+
+def wait_for(
+    ask: Callable[[ImdsClient], T],
+    client: ImdsClient,
+    within_s: float,
+    *,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """`ask(client)` (a token, then the data), retried with doubling pauses until it answers or `within_s`
+    has passed: at boot the network may come up after the caller starts. Each try is cut to the time left,
+    so the whole wait stays bounded. Raises ImdsUnavailable naming the address, the time, the last error."""
+    deadline = clock() + within_s
+    delay, tries = first_delay_s, 0
+    while True:
+        tries += 1
+        left = deadline - clock()
+        try:
+            return ask(_bounded(client, left))
+        except ImdsUnavailable as exc:
+            last = exc
+        left = deadline - clock()
+        if left <= 0:
+            raise ImdsUnavailable(
+                f"the instance metadata service at {client.base_url} did not answer within {within_s:g} s"
+                f" ({tries} tries; last: {last})"
+            ) from None
+        sleep(min(delay, left))
+        delay = min(delay * 2, max_delay_s)
+
+
+def _bounded(client: ImdsClient, left_s: float) -> ImdsClient:
+    """The client, or a copy whose calls time out within what is left of a wait."""
+    if left_s >= client.timeout_s:
+        return client
+    return ImdsClient(client.base_url, timeout_s=max(left_s, 0.1), token_ttl_s=client.token_ttl_s)

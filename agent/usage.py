@@ -28,7 +28,7 @@ import psutil
 from flask import Blueprint, Flask, current_app, jsonify, request
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent import collectors, gpus, host, idle, scipion_projects, services, slurm_jobs
+from agent import collectors, gpus, host, idle, prices, scipion_projects, services, slurm_jobs
 from agent.config import Config
 from agent.errors import ApiError
 from agent.openapi import REQUIRED, operation
@@ -59,8 +59,9 @@ def _day(epoch: float) -> str:
 
 
 class Prices:
-    """The instance's price per hour and its volumes', from the config or the CLI's price table by the
-    instance type and region in IMDS. Unknown stays None (costs then null, never a guess)."""
+    """The instance's price per hour and its volumes', from the config or the price table (agent/prices.py,
+    the one the CLI's estimates use) by the instance type and region in IMDS. Unknown stays None (costs
+    then null, never a guess)."""
 
     def __init__(self, app: Flask, config: Config) -> None:
         self.app, self.config = app, config
@@ -83,13 +84,11 @@ class Prices:
         return price, f"price table, {identity['instance_type']} in {identity['region']}"
 
     def _table(self):
-        from scipioncloud import costs  # the CLI's price table: one place for prices
-
         if self._loaded is not None:
             return self._loaded
         path = Path(self.config.usage.prices_file) if self.config.usage.prices_file else None
         try:
-            self._loaded = costs.load_table(path)
+            self._loaded = prices.load_table(path)
         except (OSError, ValueError, KeyError):
             log.exception("price table unreadable")
         return self._loaded

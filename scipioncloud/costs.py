@@ -1,83 +1,41 @@
 """Cost estimates: instance hours, EBS storage per GB-month, transfer out with its free allowance and
 tiers, stopping versus running, and where raw movies are cheapest to keep (the original guide's advice,
-as numbers). Prices come from the shipped table (data/prices.json) or, when asked, AWS's Pricing API."""
+as numbers). Prices come from the shipped table (agent/prices.json, read by agent/prices.py) or, when
+asked, AWS's Pricing API."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agent import prices
 from scipioncloud.errors import BadInput
 
-TABLE_PATH = Path(str(resources.files("scipioncloud") / "data" / "prices.json"))
-# `scipioncloud cost refresh` writes here; estimates use it when present (SCIPIONCLOUD_PRICE_TABLE wins).
-USER_TABLE = Path("~/.config/scipioncloud/prices.json")
+# The table and its reader are the agent's (agent/prices.py), which prices its own hours with them.
+TABLE_PATH = prices.TABLE_PATH
+USER_TABLE = prices.USER_TABLE
+Tier = prices.Tier
+RegionPrices = prices.RegionPrices
+default_table_path = prices.default_table_path
 
 
 @dataclass(frozen=True)
-class Tier:
-    up_to_gb: float | None  # cumulative billable GB this tier reaches; None = no upper bound
-    per_gb: float
-
-
-@dataclass(frozen=True)
-class RegionPrices:
-    region: str
-    instances_per_hour: dict[str, float]
-    ebs_per_gb_month: dict[str, float]
-    snapshot_per_gb_month: float
-    s3_per_gb_month: dict[str, float]
-    free_gb_per_month: float
-    tiers: tuple[Tier, ...]
-
-
-@dataclass(frozen=True)
-class PriceTable:
-    as_of: str
-    sources: dict[str, str]
-    hours_per_month: float
-    regions: dict[str, RegionPrices]
-    path: str
+class PriceTable(prices.PriceTable):
+    """The agent's table, with an unknown region as the operator's input error (exit status 2)."""
 
     def region(self, name: str) -> RegionPrices:
-        if name not in self.regions:
-            raise BadInput(
-                f"no prices for region {name!r} in {self.path} (it has {', '.join(sorted(self.regions))}); "
-                "add the region to the table or use --prices api"
-            )
-        return self.regions[name]
-
-
-def default_table_path() -> Path:
-    chosen = os.environ.get("SCIPIONCLOUD_PRICE_TABLE")
-    if chosen:
-        return Path(chosen)
-    user = USER_TABLE.expanduser()
-    return user if user.is_file() else TABLE_PATH
+        try:
+            return super().region(name)
+        except prices.UnknownRegion as exc:
+            raise BadInput(str(exc)) from None
 
 
 def load_table(path: Path | None = None) -> PriceTable:
-    path = path or default_table_path()
-    data = json.loads(Path(path).read_text())
-    regions = {}
-    for name, r in data["regions"].items():
-        transfer = r["transfer_out"]
-        regions[name] = RegionPrices(
-            region=name,
-            instances_per_hour=r["instances_per_hour"],
-            ebs_per_gb_month=r["ebs_per_gb_month"],
-            snapshot_per_gb_month=r["snapshot_per_gb_month"],
-            s3_per_gb_month=r["s3_per_gb_month"],
-            free_gb_per_month=transfer["free_gb_per_month"],
-            tiers=tuple(Tier(t["up_to_gb"], t["per_gb"]) for t in transfer["tiers"]),
-        )
-    return PriceTable(data["as_of"], data["sources"], data["hours_per_month"], regions, str(path))
+    return prices.load_table(path, table_class=PriceTable)
 
 
 def transfer_cost(gb: float, free_gb: float, tiers: tuple[Tier, ...]) -> float:

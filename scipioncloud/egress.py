@@ -1,4 +1,5 @@
-"""What a pull costs in transfer out, priced by the CLI's own table (data/prices.json, scipioncloud.costs)."""
+"""What a pull costs in transfer out, priced by the one price table (agent/prices.json, through
+scipioncloud.costs)."""
 
 from __future__ import annotations
 

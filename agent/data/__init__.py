@@ -16,7 +16,7 @@ from agent import collectors, services
 from agent.config import Config
 from agent.data import archive, follow, policy
 from agent.errors import ApiError, json_body
-from agent.openapi import operation
+from agent.openapi import REQUIRED, operation
 from agent.s3 import transfer
 from agent.s3.errors import BadRequest
 
@@ -24,10 +24,24 @@ log = logging.getLogger(__name__)
 bp = Blueprint("data", __name__)
 KEY = "scipioncloud.data"
 
+# What the answers always carry (Data.state, Archiver.plan/archive/restore); null where unknown.
+STATE = REQUIRED(
+    ["follow", "projects", "policy_file", "problem"], follow="array", projects="object", policy_file="string"
+)
+PLAN_KEYS = ["project", "storage_class", "bucket", "movies", "counts", "bytes_to_archive", "saving"]
+PLAN_TYPES = dict(
+    project="string", storage_class="string", bucket="string", movies="array", counts="object",
+    bytes_to_archive="integer", saving="object",
+)  # fmt: skip
+PLAN = REQUIRED(PLAN_KEYS, **PLAN_TYPES)
+ARCHIVED = REQUIRED([*PLAN_KEYS, "dry_run"], **PLAN_TYPES, dry_run="boolean")
+RESTORE = REQUIRED(["project", "quote", "started"], project="string", quote="object", started="boolean")
+
 OPENAPI = {
     "/v1/data": {
         "get": operation(
             "Movies: followed S3 prefixes, and per project archived/pending movies and bytes freed",
+            schema=STATE,
             _200="the state",
             _401="no token",
         )
@@ -35,6 +49,7 @@ OPENAPI = {
     "/v1/data/projects/{project}/plan": {
         "get": operation(
             "Dry run: what the policy would archive now, why each movie is kept, and the monthly saving",
+            schema=PLAN,
             _200="the plan",
             _401="no token",
             _404="no policy for this project",
@@ -45,19 +60,23 @@ OPENAPI = {
         "post": operation(
             'Archive aligned movies (body {"dry_run": true} only plans); frees EBS only after verifying S3',
             body={"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
+            schema=ARCHIVED,
             _200="what was archived, what failed (and stayed), bytes freed",
             _401="no token",
             _404="no policy for this project",
             _409="an archive or restore is running",
+            _503="the project cannot be read",
         )
     },
     "/v1/data/projects/{project}/restore": {
         "post": operation(
             "Restore archived movies to their paths: without confirm, only the time and cost quote",
+            schema=RESTORE,
             body={
                 "type": "object",
                 "properties": {
-                    "movies": {"type": "array", "items": {"type": "string"}},
+                    # null or absent: every archived movie of the project
+                    "movies": {"type": "array", "items": {"type": "string"}, "nullable": True},
                     "tier": {"type": "string", "enum": ["Expedited", "Standard", "Bulk"]},
                     "confirm": {"type": "boolean"},
                 },

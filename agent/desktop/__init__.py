@@ -22,16 +22,35 @@ from agent.desktop import password as vnc_password
 from agent.desktop import rfb
 from agent.desktop.session import SessionError, account, make_session, server_pid
 from agent.errors import ApiError
-from agent.openapi import operation
+from agent.openapi import REQUIRED, operation
 
 log = logging.getLogger(__name__)
 bp = Blueprint("desktop", __name__)
 KEY = "scipioncloud.desktop"
 
+# What the answers always carry (Desktop.state, logout, rotate_password); null where unknown.
+STATE = REQUIRED(
+    ["user", "vnc", "manager", "display", "port", "running", "rfb", "server_pid", "session_uptime_s",
+     "connected_clients", "novnc", "problem"],
+    user="string", vnc="string", display="integer", port="integer", running="boolean",
+    connected_clients="integer", novnc="object",
+)  # fmt: skip
+LOGOUT = REQUIRED(
+    ["status", "seconds", "rfb", "previous_server_pid", "server_pid"],
+    status="string", seconds="number", rfb="string",
+)  # fmt: skip
+PASSWORD = REQUIRED(
+    ["password", "updated", "note"],
+    password="string",  # noqa: S106 - a JSON type, not a secret
+    updated="array",
+    note="string",
+)
+
 OPENAPI = {
     "/v1/desktop": {
         "get": operation(
             "VNC session state: running, display, port, connected clients, uptime, noVNC reachable",
+            schema=STATE,
             _200="the state",
             _401="no token",
         )
@@ -39,6 +58,7 @@ OPENAPI = {
     "/v1/desktop/logout": {
         "post": operation(
             "End the desktop user's session and start a fresh one; answers once VNC speaks RFB again",
+            schema=LOGOUT,
             _200="a fresh session accepts VNC connections",
             _401="no token",
             _409="another logout is under way",
@@ -48,6 +68,7 @@ OPENAPI = {
     "/v1/desktop/password": {
         "post": operation(
             "Rotate the VNC password (also the status page's); the new one is returned once",
+            schema=PASSWORD,
             _200="the new password",
             _401="no token",
             _503="the password could not be written",

@@ -25,8 +25,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from agent import imds
 from agent.desktop import password as vnc_password
-from agent.imds import ImdsClient, ImdsUnavailable
 
 DEFAULT_CONFIG = Path("/etc/scipioncloud/desktop-firstboot.json")
 META_KEYS = ["public-hostname", "public-ipv4", "local-hostname", "local-ipv4"]
@@ -41,11 +41,21 @@ def log(message: str) -> None:
 
 
 def names(config: dict) -> tuple[str, list[str]]:
-    """(the host for the URL, every subject name for the certificate)."""
-    try:
-        meta = ImdsClient(config["imds_url"], timeout_s=2).meta_data(META_KEYS)
-    except ImdsUnavailable:
-        meta = {}  # off EC2
+    """(the host for the URL, every subject name for the certificate). On EC2 the metadata service is
+    waited for (the network may come up late at boot) and one that never answers is an error: a certificate
+    without the public name would be made silently. Off EC2 it is asked once."""
+    client = imds.ImdsClient(config["imds_url"], timeout_s=2)
+    wait_s = float(config.get("imds_wait_s", 0))
+    if wait_s > 0 and imds.on_ec2():
+        try:
+            meta = imds.wait_for(lambda c: c.meta_data(META_KEYS), client, wait_s)
+        except imds.ImdsUnavailable as exc:
+            raise FirstbootError(f"{exc}; the certificate needs the instance's names") from None
+    else:
+        try:
+            meta = client.meta_data(META_KEYS)
+        except imds.ImdsUnavailable:
+            meta = {}  # off EC2
     fqdn = socket.getfqdn()
     ordered = [*(meta.get(key) for key in META_KEYS), fqdn, "localhost", "127.0.0.1"]
     unique = list(dict.fromkeys(n for n in ordered if n))

@@ -37,7 +37,7 @@ def cost() -> None:
 @click.option(
     "--price-table",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Another price table in the same format as scipioncloud/data/prices.json.",
+    help="Another price table in the same format as agent/prices.json.",
 )
 def estimate(run, instance_type, hours, ebs_gb, ebs_type, egress_gb, movies_gb, months, source, price_table):
     """Estimate a workstation's cost in --region."""

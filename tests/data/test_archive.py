@@ -16,6 +16,7 @@ from agent.app import create_app
 from agent.config import from_dict
 from tests.conftest import TOKEN, agent_config_dict
 from tests.data.conftest import MiB, make_movie
+from tests.support.openapi_contract import ContractClient
 from tests.support.scipion_project import make_project
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,7 @@ def agent(tmp_path: Path, projects: list[dict], **data) -> tuple:
     policy_file.write_text("\n".join(lines) + "\n")
     config = from_dict(agent_config_dict(tmp_path, data={"policy_file": str(policy_file), **data}))
     app = create_app(config, token=TOKEN)
+    app.test_client_class = ContractClient  # every answer keeps the OpenAPI contract (real projects)
     return app.test_client(), config
 
 

@@ -11,15 +11,13 @@ import pytest
 
 from tests.data.conftest import MiB, make_movie
 from tests.data.test_archive import policy
-from tests.support.desktop import CHROMIUM_FLAGS, DesktopStack
+from tests.support.desktop import DesktopStack, browser_context
 from tests.support.scipion_project import make_project
 
 pytestmark = pytest.mark.integration
 
 
 def test_status_page_shows_archived_freed_and_pending(tmp_path, aws_env):
-    from playwright.sync_api import sync_playwright
-
     boto3.client("s3").create_bucket(
         Bucket="lab-archive", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
     )
@@ -38,22 +36,14 @@ def test_status_page_shows_archived_freed_and_pending(tmp_path, aws_env):
         assert done["failed"] == {} and len(done["archived"]) == 3, done
         state = stack.agent.get("/v1/data").json()["projects"]["p1"]
         assert state["archived"] == 3 and state["pending"] == 0
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
-            try:
-                context = browser.new_context(
-                    ignore_https_errors=True,
-                    http_credentials={"username": stack.user, "password": stack.password},
-                )
-                page = context.new_page()
-                page.goto(f"https://127.0.0.1:{stack.https_port}/status/")
-                row = page.locator("#data tr.data-project[data-project='p1']")
-                row.wait_for(timeout=30000)
-                assert row.locator(".data-archived").inner_text() == "3 archived"
-                freed = f"{state['bytes_freed'] / 2**30:.1f} GiB freed"
-                assert row.locator(".data-freed").inner_text() == freed
-                assert row.locator(".data-pending").inner_text() == "0 pending"
-            finally:
-                browser.close()
+        with browser_context(stack.login) as context:
+            page = context.new_page()
+            page.goto(f"https://127.0.0.1:{stack.https_port}/status/")
+            row = page.locator("#data tr.data-project[data-project='p1']")
+            row.wait_for(timeout=30000)
+            assert row.locator(".data-archived").inner_text() == "3 archived"
+            freed = f"{state['bytes_freed'] / 2**30:.1f} GiB freed"
+            assert row.locator(".data-freed").inner_text() == freed
+            assert row.locator(".data-pending").inner_text() == "0 pending"
     finally:
         stack.stop()

@@ -16,10 +16,11 @@ import requests
 from agent.desktop.session import server_pid
 from tests.support import rfb_client
 from tests.support.desktop import (
-    CHROMIUM_FLAGS,
     SESSION_RGB,
     DesktopStack,
+    browser_context,
     colour_fraction,
+    log_out_from_the_status_page,
     run_watching_command_lines,
     screenshot,
 )
@@ -227,54 +228,39 @@ def test_connected_clients_counts_viewers(stack):
 
 
 def test_status_page_shows_the_agents_figures_and_its_button_works(stack):
-    from playwright.sync_api import sync_playwright
-
     url = f"https://127.0.0.1:{stack.https_port}/status/"
     cert = str(stack.root / "tls" / "desktop.crt")
     assert requests.get(url, verify=cert, timeout=5).status_code == 401
     assert requests.get(url, auth=(stack.user, "wrong-pw"), verify=cert, timeout=5).status_code == 401
     truth = {r: stack.agent.get(f"/v1/{r}") for r in ("gpus", "volumes", "prewarm", "idle", "desktop")}
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
-        try:
-            context = browser.new_context(
-                ignore_https_errors=True,
-                http_credentials={"username": stack.user, "password": stack.password},
-            )
-            page = context.new_page()
-            page.goto(url)
-            page.wait_for_selector("body[data-loaded='1']", timeout=20000)
-            assert stack.agent.token not in page.content()
+    with browser_context(stack.login) as context:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-loaded='1']", timeout=20000)
+        assert stack.agent.token not in page.content()
 
-            gpus = truth["gpus"]
-            if gpus.status_code == 404:
-                assert page.locator("#gpus [data-state='unavailable']").count() == 1
-            else:
-                for gpu in gpus.json()["gpus"]:
-                    row = page.locator(f"#gpus tr[data-gpu-index='{gpu['index']}']")
-                    assert row.locator(".gpu-name").inner_text() == gpu["name"]
-                    assert row.locator(".gpu-util").inner_text() == f"{round(gpu['utilization_gpu_pct'])} %"
-                    used, total = gpu["memory_used_bytes"] / 2**30, gpu["memory_total_bytes"] / 2**30
-                    assert row.locator(".gpu-mem").inner_text() == f"{used:.1f} / {total:.1f} GiB"
-            for route in ("volumes", "prewarm", "idle"):
-                if truth[route].status_code == 404:
-                    assert page.locator(f"#{route} [data-state='unavailable']").count() == 1
-            desktop = truth["desktop"].json()
-            assert page.locator("#desktop [data-running='true']").inner_text() == "Running"
-            assert f":{desktop['display']}" in page.locator("#desktop").inner_text()
+        gpus = truth["gpus"]
+        if gpus.status_code == 404:
+            assert page.locator("#gpus [data-state='unavailable']").count() == 1
+        else:
+            for gpu in gpus.json()["gpus"]:
+                row = page.locator(f"#gpus tr[data-gpu-index='{gpu['index']}']")
+                assert row.locator(".gpu-name").inner_text() == gpu["name"]
+                assert row.locator(".gpu-util").inner_text() == f"{round(gpu['utilization_gpu_pct'])} %"
+                used, total = gpu["memory_used_bytes"] / 2**30, gpu["memory_total_bytes"] / 2**30
+                assert row.locator(".gpu-mem").inner_text() == f"{used:.1f} / {total:.1f} GiB"
+        for route in ("volumes", "prewarm", "idle"):
+            if truth[route].status_code == 404:
+                assert page.locator(f"#{route} [data-state='unavailable']").count() == 1
+        desktop = truth["desktop"].json()
+        assert page.locator("#desktop [data-running='true']").inner_text() == "Running"
+        assert f":{desktop['display']}" in page.locator("#desktop").inner_text()
 
-            old = server_pid(stack.display)
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.click("#logout")
-            page.wait_for_function(
-                "document.getElementById('logout-result').textContent.startsWith('A fresh desktop')",
-                timeout=60000,
-            )
-            assert server_pid(stack.display) not in (None, old)
-            assert rfb_client.connect(stack.vnc_port, stack.password).width == 800
-        finally:
-            browser.close()
+        old = server_pid(stack.display)
+        log_out_from_the_status_page(page)
+        assert server_pid(stack.display) not in (None, old)
+        assert rfb_client.connect(stack.vnc_port, stack.password).width == 800
 
 
 def test_password_rotation(stack):

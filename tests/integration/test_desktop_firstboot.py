@@ -1,71 +1,34 @@
 """The role's first-boot script for real (openssl, tigervncpasswd), with EC2's metadata service replaced
-by a local IMDSv2 stand-in, and the role's units checked by systemd-analyze."""
+by the IMDSv2 stand-in (tests/support/fake_imdsv2.py), and the role's units checked by systemd-analyze."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import stat
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from pathlib import Path
 
 import jinja2
 import pytest
 
+from agent import imds as imds_client
+from agent.token import ensure_token
 from tests.support.desktop import ROLE, DesktopStack, render
-from tests.support.paths import VENV_BIN
+from tests.support.fake_imdsv2 import FakeImdsV2Server, answering_after
+from tests.support.paths import VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
 
 
-class FakeImds(ThreadingHTTPServer):
-    """IMDSv2 on 127.0.0.1: a PUT for the token, then GETs that must carry it."""
-
-    TOKEN = "imds-token-123"
-
-    def __init__(self, meta: dict[str, str]) -> None:
-        self.meta = meta
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, body: str = "") -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def do_PUT(self):
-                ok = self.path == "/latest/api/token" and self.headers.get(
-                    "X-aws-ec2-metadata-token-ttl-seconds"
-                )
-                self._send(200, server.TOKEN) if ok else self._send(400)
-
-            def do_GET(self):
-                if self.headers.get("X-aws-ec2-metadata-token") != server.TOKEN:
-                    return self._send(401)
-                key = self.path.removeprefix("/latest/meta-data/")
-                return self._send(200, server.meta[key]) if key in server.meta else self._send(404)
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
 @pytest.fixture
 def imds():
-    server = FakeImds({"public-hostname": "ec2-3-4-5-6.compute.amazonaws.com", "public-ipv4": "3.4.5.6"})
-    server.thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    meta = {"public-hostname": "ec2-3-4-5-6.compute.amazonaws.com", "public-ipv4": "3.4.5.6"}
+    with FakeImdsV2Server(meta=meta) as server:
+        yield server
 
 
 def secret_paths(variables: dict) -> list[str]:
@@ -170,3 +133,38 @@ def test_first_boot_without_the_agent_token_says_so(tmp_path):
     assert result.returncode != 0
     assert "no agent token" in result.stderr and "scipioncloud-agent token" in result.stderr
     assert not (tmp_path / "agent.token").exists() and not (tmp_path / "agent-auth.conf").exists()
+
+
+def run_firstboot_on_ec2(stack, imds_url: str) -> subprocess.CompletedProcess:
+    """The unit's command as on EC2 (the detection forced), with a short wait for the metadata service."""
+    ensure_token(Path(stack.vars["desktop_agent_token_file"]))  # the agent's hook ran before
+    stack.vars.update(desktop_imds_url=imds_url, desktop_imds_wait_s=4)
+    config = render("desktop-firstboot.json.j2", stack.vars, stack.root / "desktop-firstboot.json")
+    return subprocess.run(
+        [str(VENV_BIN / "scipioncloud-agent"), "desktop-firstboot", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, imds_client.ON_EC2_ENV: "1"},
+    )
+
+
+def test_on_ec2_first_boot_waits_for_a_late_metadata_service(tmp_path):
+    """The network comes up 2 s late: the names still reach the certificate (never a silent fallback)."""
+    stack = DesktopStack(tmp_path)
+    server = FakeImdsV2Server(meta={"public-hostname": "ec2-5-5-5-5.compute.amazonaws.com"})
+    with answering_after(server, 2):
+        ran = run_firstboot_on_ec2(stack, server.url)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "ec2-5-5-5-5.compute.amazonaws.com" in cert_names(tmp_path / "tls" / "desktop.crt")
+
+
+def test_on_ec2_first_boot_without_a_metadata_service_fails_loudly(tmp_path):
+    stack = DesktopStack(tmp_path)
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    failed = run_firstboot_on_ec2(stack, url)
+    assert failed.returncode != 0
+    assert f"the instance metadata service at {url} did not answer within 4 s" in failed.stderr
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "tls" / "desktop.crt").exists()

@@ -18,7 +18,14 @@ import requests
 
 from agent.desktop.session import server_pid
 from tests.support import rfb_client
-from tests.support.desktop import CHROMIUM_FLAGS, SESSION_RGB, DesktopStack, colour_fraction, screenshot
+from tests.support.desktop import (
+    SESSION_RGB,
+    DesktopStack,
+    browser_context,
+    colour_fraction,
+    log_out_from_the_status_page,
+    screenshot,
+)
 
 pytestmark = pytest.mark.integration
 PAGE = {"X-ScipionCloud-Page": "status"}  # what the status page's own calls carry
@@ -205,95 +212,67 @@ def from_elsewhere(entries: list[dict[str, str]], origin: str) -> list[dict[str,
 
 
 def test_a_page_elsewhere_cannot_act_with_the_browsers_password(stack):
-    from playwright.sync_api import sync_playwright
-
     old = server_pid(stack.display)
-    with HostileSite(base(stack), f"wss://127.0.0.1:{stack.https_port}") as hostile, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
-        try:
-            context = browser.new_context(
-                ignore_https_errors=True,
-                http_credentials={"username": stack.user, "password": stack.password},
-            )
-            # The user has the status page open: the browser holds the desktop's password.
-            status = context.new_page()
-            status.goto(base(stack) + "/status/")
-            status.wait_for_selector("body[data-loaded='1']", timeout=20000)
+    site = HostileSite(base(stack), f"wss://127.0.0.1:{stack.https_port}")
+    with site as hostile, browser_context(stack.login) as context:
+        # The user has the status page open: the browser holds the desktop's password.
+        status = context.new_page()
+        status.goto(base(stack) + "/status/")
+        status.wait_for_selector("body[data-loaded='1']", timeout=20000)
 
-            page = context.new_page()
-            page.goto(hostile.url + "/")
-            page.wait_for_selector("body[data-done='1']", timeout=20000)
-            top = context.new_page()
-            top.goto(hostile.url + "/top")
-            deadline = time.monotonic() + 20
-            while True:
-                seen = {(e["method"], e["uri"]) for e in from_elsewhere(stack.access_log(), hostile.url)}
-                if seen >= HOSTILE_REQUESTS or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            assert seen >= HOSTILE_REQUESTS, f"never sent: {HOSTILE_REQUESTS - seen}"
-            top.wait_for_load_state()
-            assert "403" in top.content()  # the top-level form POST landed on a refusal
+        page = context.new_page()
+        page.goto(hostile.url + "/")
+        page.wait_for_selector("body[data-done='1']", timeout=20000)
+        top = context.new_page()
+        top.goto(hostile.url + "/top")
+        deadline = time.monotonic() + 20
+        while True:
+            seen = {(e["method"], e["uri"]) for e in from_elsewhere(stack.access_log(), hostile.url)}
+            if seen >= HOSTILE_REQUESTS or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert seen >= HOSTILE_REQUESTS, f"never sent: {HOSTILE_REQUESTS - seen}"
+        top.wait_for_load_state()
+        assert "403" in top.content()  # the top-level form POST landed on a refusal
 
-            # Nothing reached the agent or websockify, nothing happened, and no frame shows our pages.
-            for entry in from_elsewhere(stack.access_log(), hostile.url):
-                assert entry["status"] == "403" and entry["upstream"] == "-", entry
-            assert server_pid(stack.display) == old
-            for frame in page.frames[1:]:
-                assert (
-                    frame.locator("#logout").count() == 0 and frame.locator("#noVNC_control_bar").count() == 0
-                )
+        # Nothing reached the agent or websockify, nothing happened, and no frame shows our pages.
+        for entry in from_elsewhere(stack.access_log(), hostile.url):
+            assert entry["status"] == "403" and entry["upstream"] == "-", entry
+        assert server_pid(stack.display) == old
+        for frame in page.frames[1:]:
+            assert frame.locator("#logout").count() == 0 and frame.locator("#noVNC_control_bar").count() == 0
 
-            # The user's own page still works, logout included.
-            assert (
-                status.evaluate(
-                    "fetch('api/v1/desktop', {headers: {'X-ScipionCloud-Page': 'status'}})"
-                    ".then(r => r.status)"
-                )
-                == 200
+        # The user's own page still works, logout included.
+        assert (
+            status.evaluate(
+                "fetch('api/v1/desktop', {headers: {'X-ScipionCloud-Page': 'status'}}).then(r => r.status)"
             )
-            status.once("dialog", lambda dialog: dialog.accept())
-            status.click("#logout")
-            status.wait_for_function(
-                "document.getElementById('logout-result').textContent.startsWith('A fresh desktop')",
-                timeout=60000,
-            )
-            assert server_pid(stack.display) not in (None, old)
-        finally:
-            browser.close()
+            == 200
+        )
+        log_out_from_the_status_page(status)
+        assert server_pid(stack.display) not in (None, old)
 
 
 def novnc_attempts(stack: DesktopStack, login: tuple[str, str], vnc_password: str, times: int) -> list[str]:
     """Open noVNC `times` times in Chromium with this password for nginx and this one for VNC; for each
     try: "refused by nginx", "connected" or noVNC's own error text."""
-    from playwright.sync_api import sync_playwright
-
     outcomes = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
-        try:
-            context = browser.new_context(
-                ignore_https_errors=True, http_credentials={"username": login[0], "password": login[1]}
-            )
-            for _ in range(times):
-                page = context.new_page()
-                response = page.goto(stack.novnc_url(vnc_password))
-                if response.status == 401:
-                    outcomes.append("refused by nginx")
-                else:
-                    page.wait_for_function(
-                        "document.documentElement.classList.contains('noVNC_connected') ||"
-                        " document.getElementById('noVNC_status').classList.contains('noVNC_status_error')",
-                        timeout=20000,
-                    )
-                    connected = page.evaluate(
-                        "document.documentElement.classList.contains('noVNC_connected')"
-                    )
-                    # textContent: noVNC hides its status after 1.5 s, and a hidden element has no innerText.
-                    outcomes.append("connected" if connected else page.text_content("#noVNC_status"))
-                page.close()
-        finally:
-            browser.close()
+    with browser_context(login) as context:
+        for _ in range(times):
+            page = context.new_page()
+            response = page.goto(stack.novnc_url(vnc_password))
+            if response.status == 401:
+                outcomes.append("refused by nginx")
+            else:
+                page.wait_for_function(
+                    "document.documentElement.classList.contains('noVNC_connected') ||"
+                    " document.getElementById('noVNC_status').classList.contains('noVNC_status_error')",
+                    timeout=20000,
+                )
+                connected = page.evaluate("document.documentElement.classList.contains('noVNC_connected')")
+                # textContent: noVNC hides its status after 1.5 s, and a hidden element has no innerText.
+                outcomes.append("connected" if connected else page.text_content("#noVNC_status"))
+            page.close()
     return outcomes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.desktop import CHROMIUM_FLAGS, DesktopStack
+from tests.support.desktop import DesktopStack, browser_context
 
 pytestmark = pytest.mark.integration
 
@@ -37,44 +37,34 @@ def idle_stack(tmp_path_factory):
 
 
 def test_banner_counts_down_and_keep_running_postpones(idle_stack):
-    from playwright.sync_api import sync_playwright
-
     stack, marker = idle_stack
     url = f"https://127.0.0.1:{stack.https_port}/status/"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+    with browser_context(stack.login) as context:
+        page = context.new_page()
+        page.goto(url)
         try:
-            context = browser.new_context(
-                ignore_https_errors=True,
-                http_credentials={"username": stack.user, "password": stack.password},
-            )
-            page = context.new_page()
-            page.goto(url)
-            try:
-                page.wait_for_selector("#idle-banner:not([hidden])", timeout=60000)
-            except Exception:
-                raise AssertionError(stack.agent.get("/v1/idle").text) from None
-            text = page.locator("#idle-banner-text").inner_text()
-            assert text.startswith("Nothing has used this instance for a while: poweroff in about ")
-            minutes = int(text.rsplit("about ", 1)[1].split(" ")[0])
-            assert 28 <= minutes <= 30
-            assert page.locator("#idle-decision").inner_text() == "warn"
+            page.wait_for_selector("#idle-banner:not([hidden])", timeout=60000)
+        except Exception:
+            raise AssertionError(stack.agent.get("/v1/idle").text) from None
+        text = page.locator("#idle-banner-text").inner_text()
+        assert text.startswith("Nothing has used this instance for a while: poweroff in about ")
+        minutes = int(text.rsplit("about ", 1)[1].split(" ")[0])
+        assert 28 <= minutes <= 30
+        assert page.locator("#idle-decision").inner_text() == "warn"
 
-            page.click("#keep-running")
-            page.wait_for_selector("#idle-banner", state="hidden", timeout=20000)
-            state = stack.agent.get("/v1/idle").json()
-            assert state["postponed_until"] is not None and state["decision"]["decision"] == "stay"
-            assert any(
-                h["decision"] == "warn" for h in state["decision"]["history"]
-            )  # the warning was decided, and logged, before the click
-            assert "idle decision: warn" in (stack.root / "agent" / "agent.log").read_text()
+        page.click("#keep-running")
+        page.wait_for_selector("#idle-banner", state="hidden", timeout=20000)
+        state = stack.agent.get("/v1/idle").json()
+        assert state["postponed_until"] is not None and state["decision"]["decision"] == "stay"
+        assert any(
+            h["decision"] == "warn" for h in state["decision"]["history"]
+        )  # the warning was decided, and logged, before the click
+        assert "idle decision: warn" in (stack.root / "agent" / "agent.log").read_text()
 
-            # the cost panel: today's row, its cost from the agent's own figures
-            page.wait_for_selector("#usage tr.usage-day", timeout=20000)
-            usage = stack.agent.get("/v1/usage").json()
-            assert page.locator("#usage .usage-day th").first.inner_text() == usage["days"][-1]["date"]
-            assert "$1.21/h instance" in page.locator("#usage").inner_text()
-            assert page.locator("#usage-saved").inner_text().startswith("Idle stops: 0, saved $0.00")
-            assert not marker.exists()
-        finally:
-            browser.close()
+        # the cost panel: today's row, its cost from the agent's own figures
+        page.wait_for_selector("#usage tr.usage-day", timeout=20000)
+        usage = stack.agent.get("/v1/usage").json()
+        assert page.locator("#usage .usage-day th").first.inner_text() == usage["days"][-1]["date"]
+        assert "$1.21/h instance" in page.locator("#usage").inner_text()
+        assert page.locator("#usage-saved").inner_text().startswith("Idle stops: 0, saved $0.00")
+        assert not marker.exists()

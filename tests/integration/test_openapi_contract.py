@@ -24,6 +24,7 @@ pytestmark = [
 ]
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "8"))
 TIME_LIMIT_S = 240
+PROJECT = "demo"
 
 
 def test_every_route_keeps_the_openapi_contract(tmp_path):
@@ -41,7 +42,16 @@ def test_every_route_keeps_the_openapi_contract(tmp_path):
         "env_file": str(tmp_path / "desktop" / "desktop.env"),
         "start_timeout_s": 2,
     }
-    config = agent_config_dict(tmp_path, desktop=desktop, storage={"include_loop": True})
+    # One project under an archive policy, so the data routes reach their own answers rather than a 404: its
+    # folder holds no Scipion project yet (plan and archive: 503, restore: the quote of nothing).
+    policy = tmp_path / "data-policy.toml"
+    policy.write_text(
+        f'[[project]]\nname = "{PROJECT}"\npath = "{tmp_path / PROJECT}"\nbucket = "lab-archive"\n'
+    )
+    (tmp_path / PROJECT).mkdir()
+    config = agent_config_dict(
+        tmp_path, desktop=desktop, storage={"include_loop": True}, data={"policy_file": str(policy)}
+    )
     image = tmp_path / "volume.img"
     with open(image, "wb") as handle:
         handle.truncate(16 * 1024 * 1024)
@@ -76,7 +86,11 @@ def test_every_route_keeps_the_openapi_contract(tmp_path):
             text=True,
             timeout=TIME_LIMIT_S,
             check=False,
-            env={**os.environ, "SCIPIONCLOUD_TEST_LOOP": Path(loop).name},
+            env={
+                **os.environ,
+                "SCIPIONCLOUD_TEST_LOOP": Path(loop).name,
+                "SCIPIONCLOUD_TEST_PROJECT": PROJECT,
+            },
             cwd=tmp_path,  # schemathesis keeps its .schemathesis/ cache in the working folder
         )
     finally:
@@ -87,3 +101,11 @@ def test_every_route_keeps_the_openapi_contract(tmp_path):
     assert result.returncode == 0, output[-6000:]
     summary = re.search(r"(\d+) passed", output)
     assert summary and int(summary.group(1)) > 0, output[-3000:]
+    # every operation of the document was tested, the desktop's and the data's among them, each 2xx answer
+    # against its own schema (tests/unit/test_app_basics.py::test_every_json_answer_has_its_own_schema)
+    paths = json.loads(schema.read_text())["paths"]
+    operations = sum(1 for ops in paths.values() for method in ops if method != "parameters")
+    ours = {"/v1/desktop", "/v1/desktop/logout", "/v1/data", "/v1/data/projects/{project}/restore"}
+    assert ours <= set(paths)
+    tested = re.search(r"Tested: (\d+)", output)
+    assert tested and int(tested.group(1)) == operations, output[-3000:]

@@ -64,18 +64,30 @@ class AgentProcess:
     config_path: Path
     process: subprocess.Popen
     log: object = None
+    contract: dict | None = None  # the agent's OpenAPI document: every JSON answer is checked against it
 
     def get(self, path: str, **kw) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
-        return requests.get(self.url + path, headers=headers, timeout=10, **kw)
+        return self._checked(requests.get(self.url + path, headers=headers, timeout=10, **kw))
 
     def request(self, method: str, path: str, **kw) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
-        return requests.request(method, self.url + path, headers=headers, timeout=60, **kw)
+        return self._checked(requests.request(method, self.url + path, headers=headers, timeout=60, **kw))
+
+    def _checked(self, response: requests.Response) -> requests.Response:
+        path = requests.utils.urlparse(response.url).path
+        is_json = response.headers.get("Content-Type", "").startswith("application/json")
+        if self.contract is not None and path.startswith("/v1/") and is_json:
+            from tests.support.openapi_contract import assert_matches
+
+            method = response.request.method or "GET"
+            assert_matches(self.contract, method, path, response.status_code, response.json())
+        return response
 
 
-def start_agent(tmp: Path, config: dict, env: dict | None = None) -> AgentProcess:
-    """Start the real `scipioncloud-agent serve` and wait until /healthz answers."""
+def start_agent(tmp: Path, config: dict, env: dict | None = None, contract: bool = False) -> AgentProcess:
+    """Start the real `scipioncloud-agent serve` and wait until /healthz answers; with `contract`, every
+    JSON answer of its routes is checked against its own OpenAPI document (tests/support/openapi_contract)."""
     path = write_toml(tmp / "agent.toml", config)
     bind = config["server"]["bind"]
     log = (tmp / "agent.log").open("w")
@@ -94,7 +106,10 @@ def start_agent(tmp: Path, config: dict, env: dict | None = None) -> AgentProces
         try:
             if requests.get(url + "/healthz", timeout=1).ok:
                 token = Path(config["server"]["token_file"]).read_text().strip()
-                return AgentProcess(url, token, path, process, log)
+                agent = AgentProcess(url, token, path, process, log)
+                if contract:
+                    agent.contract = agent.get("/openapi.json").json()
+                return agent
         except requests.ConnectionError:
             time.sleep(0.1)
     process.kill()

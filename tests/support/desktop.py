@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,33 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+@contextlib.contextmanager
+def browser_context(login: tuple[str, str] | None) -> Iterator:
+    """Headless Chromium (the system's, driven by Playwright; no download) with one context that accepts the
+    stack's self-signed certificate and answers nginx's password prompt with `login`, as a user types it.
+    The browser is closed on the way out, also when the test fails."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        try:
+            credentials = {"username": login[0], "password": login[1]} if login else None
+            yield browser.new_context(ignore_https_errors=True, http_credentials=credentials)
+        finally:
+            browser.close()
+
+
+def log_out_from_the_status_page(page) -> None:
+    """Click the status page's "Log out" as a user does (confirming the browser's dialog) and wait until the
+    page says a fresh desktop answers."""
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#logout")
+    page.wait_for_function(
+        "document.getElementById('logout-result').textContent.startsWith('A fresh desktop')",
+        timeout=60000,
+    )
 
 
 def screenshot(
@@ -330,35 +358,19 @@ class DesktopStack:
             + f" access_log {conf_dir / 'access.log'} desktop_test;\n {temp}\n"
             + f" include {conf_dir / 'site.conf'};\n}}\n"
         )
-        check = subprocess.run(
-            [
-                "nginx",
-                "-t",
-                "-p",
-                str(conf_dir),
-                "-c",
-                str(conf_dir / "nginx.conf"),
-                "-e",
-                str(conf_dir / "error.log"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        nginx = [
+            "nginx",
+            "-p",
+            str(conf_dir),
+            "-c",
+            str(conf_dir / "nginx.conf"),
+            "-e",
+            str(conf_dir / "error.log"),
+        ]
+        check = subprocess.run([*nginx, "-t"], capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t refused the rendered site: {check.stderr}")
-        self._spawn(
-            "nginx",
-            [
-                "nginx",
-                "-p",
-                str(conf_dir),
-                "-c",
-                str(conf_dir / "nginx.conf"),
-                "-e",
-                str(conf_dir / "error.log"),
-            ],
-        )
+        self._spawn("nginx", nginx)
         wait_port(self.https_port)
 
     def agent_env(self) -> dict[str, str]:
@@ -377,7 +389,9 @@ class DesktopStack:
         self.firstboot()
         unit = render("scipioncloud-websockify.service.j2", self.vars, self.root / "websockify.service")
         self._spawn("websockify", exec_start(unit.read_text()))
-        self.agent = start_agent(self.root / "agent", self.agent_config(), env=self.agent_env())
+        self.agent = start_agent(
+            self.root / "agent", self.agent_config(), env=self.agent_env(), contract=True
+        )
         wait_port(self.ws_port)
         if self.with_nginx:
             self.start_nginx()

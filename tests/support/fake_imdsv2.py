@@ -1,15 +1,18 @@
 """FakeImdsV2Server: an AWS stand-in for the EC2 instance metadata service (IMDSv2) on 127.0.0.1.
 
 Like the real one it answers only with a session token: `PUT /latest/api/token` with the TTL header gives a
-token, and every GET without that token gets 401. It serves the instance identity document.
+token, and every GET without that token gets 401. It serves the instance identity document, the user data
+and the meta-data items given (`meta`, changeable while it runs: a stopped and started instance's new IP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 IDENTITY = {
@@ -26,9 +29,12 @@ IDENTITY = {
 
 
 class FakeImdsV2Server:
-    def __init__(self, identity: dict | None = None, user_data: bytes | None = None) -> None:
+    def __init__(
+        self, identity: dict | None = None, user_data: bytes | None = None, meta: dict[str, str] | None = None
+    ) -> None:
         self.identity = identity or IDENTITY
         self.user_data = user_data  # None: the instance has none, and IMDS answers 404 as AWS does
+        self.meta = meta if meta is not None else {}  # /latest/meta-data/<key>; a missing key answers 404
         self.tokens: set[str] = set()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         server = self
@@ -58,6 +64,9 @@ class FakeImdsV2Server:
                     return self._reply(200, json.dumps(server.identity).encode(), "application/json")
                 if self.path == "/latest/user-data" and server.user_data is not None:
                     return self._reply(200, server.user_data)
+                key = self.path.removeprefix("/latest/meta-data/")
+                if key != self.path and key in server.meta:
+                    return self._reply(200, server.meta[key].encode())
                 return self._reply(404, b"not found")
 
             def log_message(self, *args):  # keep test output quiet
@@ -75,6 +84,19 @@ class FakeImdsV2Server:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
+
+
+@contextlib.contextmanager
+def answering_after(server: FakeImdsV2Server, seconds: float) -> Iterator[FakeImdsV2Server]:
+    """The stand-in's port listens at once but nobody answers for `seconds`: the network of an instance
+    that comes up after the first-boot program started. Stopped on the way out."""
+    late = threading.Timer(seconds, server.__enter__)
+    late.start()
+    try:
+        yield server
+    finally:
+        late.join()
+        server.__exit__(None, None, None)
 
 
 class SilentServer:

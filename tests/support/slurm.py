@@ -31,12 +31,43 @@ def _free_port() -> int:
 
 class Daemons:
     """Slurm's daemons as this test's children: each logs to tmp/log/<name>.out.log; `_wait_for` fails at
-    once, with the logs, when one of them exits while we wait."""
+    once, with the logs, when one of them exits while we wait. Client commands (`run`) reach them through
+    `_client(argv)`: as they are on one node, inside the controller's network namespace on a cluster."""
 
     tmp: Path
-    env: dict[str, str]
+    conf: Path
     processes: list[subprocess.Popen]
     _logs: list
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def _client(self, argv: list[str]) -> list[str]:
+        return argv
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        result = subprocess.run(self._client(list(argv)), capture_output=True, text=True, env=self.env,
+                                timeout=timeout, check=False)  # fmt: skip
+        if check and result.returncode != 0:
+            command = " ".join(argv)
+            raise RuntimeError(f"{command} failed ({result.returncode}): {result.stderr}\n{self.logs()}")
+        return result
+
+    def _controller_answers(self) -> bool:
+        return "UP" in self.run("scontrol", "ping", check=False).stdout
 
     def logs(self) -> str:
         return "\n".join(
@@ -107,24 +138,7 @@ class LocalSlurm(Daemons):
             log.close()
         self._logs.clear()
 
-    def __enter__(self) -> LocalSlurm:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # -- client commands -----------------------------------------------------------------------------------
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
-
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=60, check=False)
-        if check and result.returncode != 0:
-            command = " ".join(argv)
-            raise RuntimeError(f"{command} failed ({result.returncode}): {result.stderr}\n{self.logs()}")
-        return result
-
     def sbatch(self, script: Path, cwd: Path | None = None) -> str:
         """Submit like Scipion's SUBMIT_COMMAND (`sbatch <script>`); returns the job id."""
         result = subprocess.run(["sbatch", str(script)], capture_output=True, text=True, env=self.env,
@@ -148,9 +162,6 @@ class LocalSlurm(Daemons):
         raise TimeoutError(f"job {job} still {state} after {timeout} s\n{self.logs()}")
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _controller_answers(self) -> bool:
-        return self.run("scontrol", "ping", check=False).stdout.find("UP") >= 0
-
     def _node_idle(self) -> bool:
         out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False).stdout
         return f"{NODE} idle" in out

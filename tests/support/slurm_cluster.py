@@ -99,29 +99,13 @@ class SlurmCluster(Daemons):
             log.close()
         self._logs.clear()
 
-    def __enter__(self) -> SlurmCluster:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # -- using it ------------------------------------------------------------------------------------------
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
-
     def in_controller(self, argv: list[str], hostname: str = "scipiondesktop") -> list[str]:
         """argv run in the controller's network namespace (where sbatch/squeue reach slurmctld)."""
         return [*self._enter(self.netns_ctl), *self._with_hostname(hostname, argv)]
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.in_controller(list(argv)), capture_output=True, text=True, env=self.env,
-                                timeout=timeout, check=False)  # fmt: skip
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(argv)} failed ({result.returncode}): {result.stderr}\n{self.logs()}"
-            )
-        return result
+    def _client(self, argv: list[str]) -> list[str]:
+        return self.in_controller(argv)  # `run` (Daemons): client commands reach slurmctld from its namespace
 
     def job(self, job_id: str | int) -> dict[str, str]:
         out = self.run("scontrol", "show", "job", "-d", str(job_id), check=False).stdout
@@ -180,9 +164,6 @@ class SlurmCluster(Daemons):
         # nsenter rather than `ip netns exec`: the latter remounts /sys, hiding the cgroup file system slurmd
         # needs; nsenter changes only the network namespace.
         return ["nsenter", f"--net=/run/netns/{namespace}"]
-
-    def _controller_answers(self) -> bool:
-        return "UP" in self.run("scontrol", "ping", check=False).stdout
 
     def _nodes_idle(self) -> bool:
         out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False).stdout

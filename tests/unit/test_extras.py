@@ -62,9 +62,9 @@ def import_blocking(blocked: list[str], names: list[str]) -> dict[str, str]:
 
 # Import-time crossings of the agent into the operator: none.
 KNOWN_CROSSINGS: set[str] = set()
-# A lazy import (inside a function) escapes the check above, so the source is read too. One is left (issue
-# 12, owned elsewhere): the usage report reads the CLI's price table.
-LAZY_CROSSINGS = {"agent.usage"}
+# A lazy import (inside a function) escapes the check above, so the source is read too. None is left: the
+# usage report reads the price table through agent/prices.py.
+LAZY_CROSSINGS: set[str] = set()
 
 
 def operator_imports(package) -> dict[str, list[str]]:
@@ -88,6 +88,19 @@ def operator_imports(package) -> dict[str, list[str]]:
 def test_no_agent_module_imports_the_operator_even_lazily():
     found = operator_imports(agent)
     assert set(found) <= LAZY_CROSSINGS, found
+
+
+def test_the_lazy_import_scan_sees_a_lazy_import(tmp_path, monkeypatch):
+    """The scan above could not fail if it missed imports inside functions."""
+    package = tmp_path / "lazy_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("def f():\n    from scipioncloud import costs\n")
+    (package / "m.py").write_text("def g():\n    import scipioncloud.costs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lazy_probe
+
+    found = operator_imports(lazy_probe)
+    assert found == {"lazy_probe": ["scipioncloud"], "lazy_probe.m": ["scipioncloud.costs"]}
 
 
 def test_the_agent_needs_nothing_of_the_operator():
@@ -144,3 +157,12 @@ def test_wheel_extras_split_the_dependencies(metadata):
     assert not extra("agent") & {"ansible-runner", "packer.py", "pyyaml"}
     assert not extra("cli") & {"flask", "waitress", "psutil", "nvidia-ml-py", "prometheus-client"}
     assert not base & (extra("agent") | extra("cli"))  # a plain install pulls neither side
+
+
+def test_the_wheel_ships_the_one_price_table(agent_wheel):
+    """The agent prices its hours from the table the operator's estimates use: it travels in the wheel
+    beside its reader, in the agent's package (an instance installs only the agent's extra)."""
+    with zipfile.ZipFile(agent_wheel) as wheel:
+        names = set(wheel.namelist())
+        assert {"agent/prices.json", "agent/prices.py"} <= names
+        assert json.loads(wheel.read("agent/prices.json"))["regions"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import subprocess
 import sys
@@ -438,3 +439,35 @@ def test_a_stop_is_remembered_for_the_savings(setup, tmp_path):
 def test_stop_is_poweroff_with_shutdown_behaviour_stop(tmp_path):
     config = from_dict(agent_config_dict(tmp_path, idle={"action": "stop", "poweroff_command": "true"})).idle
     assert idle.power_action(config) == ("true", "poweroff (shutdown behaviour stop)")
+
+
+def test_a_check_that_raises_is_logged_once_and_the_monitor_goes_on(tmp_path, monkeypatch, caplog):
+    """The monitor's own loop (services.Periodic, the one guard for every service): the first check's
+    clock raises, the failure is logged once with its traceback, and later checks still run."""
+    monkeypatch.setitem(sys.modules, "pynvml", FakePynvml([]))
+    config = from_dict(agent_config_dict(tmp_path, idle={"check_interval_s": 0.02}))
+    app = create_app(config, token=TOKEN)
+    app.extensions[idle.SIGNALS].clear()
+    app.extensions[idle.SIGNALS]["switch"] = Switch(busy=True)
+    raise_next = []
+
+    def clock() -> float:
+        if raise_next:
+            raise_next.clear()
+            raise RuntimeError("odd clock")
+        return 1_800_000_000.0
+
+    monitor = idle.IdleMonitor(app, config.idle, clock=clock)
+    raise_next.append(True)  # the first check the loop runs
+    with caplog.at_level(logging.ERROR, logger="agent.services"):
+        monitor.start()
+        try:
+            deadline = time.monotonic() + 10
+            while monitor.last is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            monitor.stop()
+    assert monitor.last is not None and monitor.last["idle"] is False  # a later check ran
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 1, [r.getMessage() for r in failures]
+    assert "idle-monitor: tick failed" in failures[0].getMessage() and failures[0].exc_info

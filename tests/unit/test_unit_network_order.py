@@ -23,6 +23,7 @@ NETWORK = re.compile(
 JINJA = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)  # noqa: S701 - unit files
 JINJA.filters["bool"] = lambda v: str(v).lower() in ("1", "true", "yes")
 JINJA.filters["regex_replace"] = lambda v, a, b="": re.sub(a, b, str(v))
+JINJA.filters["int"] = lambda v: int(v)
 
 
 def role_variables() -> dict:
@@ -56,16 +57,17 @@ def installed_files() -> dict[str, Path]:
                 ("ansible.builtin.template", "templates"),
             ):
                 args = task.get(module) if isinstance(task, dict) else None
-                if (
-                    isinstance(args, dict)
-                    and "src" in args
-                    and "dest" in args
-                    and "{{ item" not in args["src"]
-                ):
+                if not (isinstance(args, dict) and "src" in args and "dest" in args):
+                    continue
+                # a loop over literal items (the first-boot hooks) installs one file per item
+                items = task.get("loop") if isinstance(task.get("loop"), list) else [None]
+                for item in items:
                     try:
-                        found[render(args["dest"])] = role / folder / args["src"]
+                        src = JINJA.from_string(args["src"]).render(**VARS, item=item)
+                        dest = JINJA.from_string(args["dest"]).render(**VARS, item=item)
                     except jinja2.exceptions.TemplateError:
                         continue
+                    found[dest] = role / folder / src
     return found
 
 
@@ -105,6 +107,11 @@ def program_texts(unit: str) -> list[tuple[str, str]]:
             folder = dest.rsplit("/", 1)[0]
             if f'{folder}"/*' in text or f"{folder}/*" in text:
                 texts.append((dest, source_text(source)))
+    for _, text in list(texts):  # a script (a hook) that runs the agent's command runs the agent's code
+        for program, package in PROGRAM_SOURCES.items():
+            if program in text and program not in paths:
+                paths.append(program)
+                texts += [(str(f), f.read_text()) for f in package.rglob("*.py")]
     return texts
 
 
