@@ -61,7 +61,7 @@ validate: $(STAMP) ## Validate every image definition offline (packer validate, 
 	$(VENV)/bin/scipioncloud bake --validate-only --all
 
 rehearse: deps setup ## Rehearse the whole bake offline (moto, debootstrap root filesystem, Packer, Ansible)
-	$(VENV)/bin/pytest -m rehearsal tests/rehearsal $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m rehearsal tests/bake $(PYTEST_ARGS)
 
 provision: $(STAMP) ## Apply the roles to existing machines: make provision HOSTS=a,b [IMAGE=...] [VARS=file.yml]
 	@test -n "$(HOSTS)" || { echo "usage: make provision HOSTS=host1,host2 [IMAGE=scipion-desktop]"; exit 2; }

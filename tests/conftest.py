@@ -24,6 +24,16 @@ from tests.support.agent_process import (  # noqa: F401
 )
 from tests.support.paths import REPO, VENV_BIN, free_port  # noqa: F401
 
+KINDS = ("integration", "rehearsal", "gpu")
+
+
+def pytest_collection_modifyitems(items):
+    """Folders are areas (agent, desktop, data, ...); markers are kinds. A test with no kind marker is a unit
+    test: mark it so `pytest -m unit` picks the fast ones from every area."""
+    for item in items:
+        if not any(item.get_closest_marker(kind) for kind in KINDS):
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture
 def agent_config(tmp_path) -> Config:

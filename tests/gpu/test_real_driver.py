@@ -1,5 +1,5 @@
 """Checks against a real NVIDIA driver (`make test-gpu` on a GPU instance). Without one every test here is
-skipped with the reason; the same report is faked at the pynvml boundary in tests/unit/test_gpus.py."""
+skipped with the reason; the same report is faked at the pynvml boundary in tests/agent/test_gpus.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Answers checked against the agent's own OpenAPI document (GET /openapi.json): the status must be one the
 operation declares, and a JSON body must match that status's schema (jsonschema). Schemathesis
-(tests/integration/test_openapi_contract.py) checks the answers it can provoke with generated requests; this
+(tests/agent/test_openapi_contract.py) checks the answers it can provoke with generated requests; this
 checks the answers real scenarios give (a project with aligned movies, a desktop logout), which generated
 requests cannot reach.
 

@@ -1,6 +1,6 @@
 """A role's defaults and templates rendered for a test without Ansible: defaults with overrides, every
 "{{ ... }}" resolved (other roles' settings through their `| default(...)`), as Ansible would for the role
-alone. Real Ansible runs are in tests/integration/test_roles.py; this is for what a unit test renders."""
+alone. Real Ansible runs are in tests/roles/test_roles.py; this is for what a unit test renders."""
 
 from __future__ import annotations
 

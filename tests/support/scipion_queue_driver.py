@@ -1,5 +1,5 @@
 """Run inside Scipion's Python (pyworkflow + scipioncloudcheck installed), in the cluster's submit namespace.
-Drives the scenarios of tests/integration/test_scipion_slurm.py through pyworkflow's own project code and
+Drives the scenarios of tests/cluster/test_scipion_slurm.py through pyworkflow's own project code and
 prints one JSON object with what Scipion reported for each.
 
     python scipion_queue_driver.py PROJECT_NAME OUT.json

@@ -1,5 +1,5 @@
 """Queues from `scontrol show partition/node -o` (real Slurm 22.05.8 output, captured from the test cluster of
-tests/integration/test_scipion_slurm.py) and the hosts.conf made from them, read back the way pyworkflow reads
+tests/cluster/test_scipion_slurm.py) and the hosts.conf made from them, read back the way pyworkflow reads
 it (RawConfigParser, %_( -> %(, the JOB_DONE_REGEX rule of launch._checkJobStatus)."""
 
 from __future__ import annotations

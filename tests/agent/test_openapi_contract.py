@@ -102,7 +102,7 @@ def test_every_route_keeps_the_openapi_contract(tmp_path):
     summary = re.search(r"(\d+) passed", output)
     assert summary and int(summary.group(1)) > 0, output[-3000:]
     # every operation of the document was tested, the desktop's and the data's among them, each 2xx answer
-    # against its own schema (tests/unit/test_app_basics.py::test_every_json_answer_has_its_own_schema)
+    # against its own schema (tests/agent/test_app_basics.py::test_every_json_answer_has_its_own_schema)
     paths = json.loads(schema.read_text())["paths"]
     operations = sum(1 for ops in paths.values() for method in ops if method != "parameters")
     ours = {"/v1/desktop", "/v1/desktop/logout", "/v1/data", "/v1/data/projects/{project}/restore"}

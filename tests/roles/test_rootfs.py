@@ -10,7 +10,7 @@ import pytest
 from tests.support import rootfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
-PROBE = Path(__file__).with_name("playbooks") / "rootfs-probe.yml"
+PROBE = Path(__file__).with_name("rootfs-probe.yml")
 
 
 def mounts_under(path: Path) -> list[str]:

@@ -149,7 +149,7 @@ def test_firstboot_makes_secrets_once_and_sysprep_removes_them(provisioned):
     new = {f"/{p}" for p in files_of(root) - before if not p.startswith("etc/ssh/ssh_host_")}
     assert new and new <= listed, f"made per instance, listed by no role: {sorted(new - listed)}"
     assert (root / "etc/ssh/ssh_host_ed25519_key").exists()
-    # the desktop's secrets are the desktop role's (tests/integration/test_desktop_firstboot.py)
+    # the desktop's secrets are the desktop role's (tests/desktop/test_desktop_firstboot.py)
     assert not (root / "etc/scipioncloud/vnc.password").exists()
     assert not (root / "etc/scipioncloud/tls").exists()
     before = token.read_text()

@@ -37,15 +37,15 @@ COMMON_ONLY = ("jq", "tmux", "htop", "unzip", "rsync")  # roles/common installs 
 # What the rehearsal changes from a real bake, and the test that covers each changed step instead. Repository
 # URLs and keys point at the signed local stand-ins (same package names and version shapes); nothing else.
 COVERED_ELSEWHERE = {
-    "nvidia_driver_cuda_repo_url": "tests/unit/test_apt_pins.py",
-    "nvidia_driver_cuda_repo_key": "tests/integration/test_aptrepo.py",
-    "cuda_repo_url": "tests/unit/test_apt_pins.py",
-    "cuda_repo_key": "tests/integration/test_aptrepo.py",
-    "desktop_turbovnc_repo_url": "tests/unit/test_apt_pins.py",
-    "desktop_turbovnc_repo_key_url": "tests/integration/test_aptrepo.py",
-    "desktop_virtualgl_repo_url": "tests/unit/test_apt_pins.py",
-    "desktop_virtualgl_repo_key_url": "tests/integration/test_aptrepo.py",
-    "scipion_plugin_binaries": "tests/integration/test_scipion_role.py",
+    "nvidia_driver_cuda_repo_url": "tests/bake/test_apt_pins.py",
+    "nvidia_driver_cuda_repo_key": "tests/bake/test_aptrepo.py",
+    "cuda_repo_url": "tests/bake/test_apt_pins.py",
+    "cuda_repo_key": "tests/bake/test_aptrepo.py",
+    "desktop_turbovnc_repo_url": "tests/bake/test_apt_pins.py",
+    "desktop_turbovnc_repo_key_url": "tests/bake/test_aptrepo.py",
+    "desktop_virtualgl_repo_url": "tests/bake/test_apt_pins.py",
+    "desktop_virtualgl_repo_key_url": "tests/bake/test_aptrepo.py",
+    "scipion_plugin_binaries": "tests/roles/test_scipion_role.py",
     "verify_gpu": "tests/gpu/test_real_driver.py",  # make test-gpu, on a machine with an NVIDIA GPU
 }
 

@@ -112,7 +112,7 @@ def test_agent_runs_the_poweroff_command_after_window_and_grace(tmp_path):
         assert marker.exists()
         body = agent.get("/v1/idle").json()
         assert body["idle"] is True and body["action"]["result"] == "exit 0"
-        # The exact timing is tested on a fake clock (tests/unit/test_idle.py); here, order only.
+        # The exact timing is tested on a fake clock (tests/idle/test_idle.py); here, order only.
         assert body["quiet_since"] <= body["action"]["due_at"] <= body["action"]["ran_at"]
     finally:
         stop_agent(agent)
