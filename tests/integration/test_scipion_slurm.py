@@ -111,6 +111,7 @@ def run_on_cluster(tmp_path_factory, scipion_python):
         # the role's boot units (scipion_hosts_on_boot), rendered into a scratch folder, their command run
         units = tmp / "systemd"
         boot_out = tmp / "boot/hosts.conf"
+        boot_out.parent.mkdir()
         play_boot = [*play[:-4], "-e", f"hosts_file={boot_out}", "-e", "scipion_hosts_on_boot=true",
                      "-e", f"scipion_systemd_dir={units}", "-e", f"scipion_slurm_conf={cluster.conf}",
                      "-e", "scipion_slurm_bin=/usr/bin", "-e", f"scipion_agent_command={AGENT}",
@@ -245,7 +246,7 @@ def test_a_job_waits_pending_while_scipion_keeps_the_protocol_launched(run_on_cl
     waiting = [status for state, status in result["while_waiting"] if state == "PENDING"]
     assert waiting, result  # squeue said PENDING while GUI-style refreshes ran the status check
     assert set(waiting) <= {"launched", "scheduled"}, result["while_waiting"]
-    assert result["pending_reason"] == "Resources", result
+    assert "Resources" in result["pending_reasons"], result
     assert result["status"] == "finished" and result["slurm_state"] == "COMPLETED", result
     assert "failed" not in result["statuses"], result
     assert result["start"] >= result["first_finish"], result  # it ran once cpu1 was free

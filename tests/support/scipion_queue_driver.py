@@ -50,12 +50,12 @@ def scontrol(*argv):
 
 
 def resume(node):
-    """Back to service. slurmd kept running, so with ReturnToService=2 Slurm may have done it already (then
-    RESUME is refused as an invalid transition from IDLE)."""
-    done = subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True,
-                          text=True)  # fmt: skip
-    if done.returncode != 0 and "Invalid node state transition" not in done.stderr:
-        raise SystemExit(f"scontrol resume {node}: {done.stderr}")
+    """Back to service. slurmd kept running, so with ReturnToService=2 Slurm may have done it already when the
+    node answered again (RESUME is then refused: only a DOWN or DRAINED node can resume)."""
+    state = subprocess.run(["sinfo", "--noheader", "--nodes", node, "--format=%T"], capture_output=True,
+                           text=True).stdout  # fmt: skip
+    if "down" in state or "drain" in state:
+        scontrol("update", f"nodename={node}", "state=resume")
 
 
 def pending_then_running(project):
@@ -65,11 +65,17 @@ def pending_then_running(project):
     wait_running(project, first)
     second, submitted = run.launch(project, "cpu", seconds=FAST, label="waits for cpu1")
     job_id = str(second.getJobIds()[0])
-    reason = run.slurm_job(job_id).get("Reason")
-    pairs = watch(project, second, job_id, lambda: squeue_state(job_id) != "PENDING", timeout=60)
+    reasons = []  # why Slurm keeps it waiting (None until the scheduler has looked at it)
+
+    def started():
+        job = run.slurm_job(job_id)
+        reasons.append(job.get("Reason"))
+        return job.get("JobState") != "PENDING"
+
+    pairs = watch(project, second, job_id, started, timeout=60)
     seen = run.follow(project, [first, second], timeout=90)
     result = run.report(project, second, submitted, seen[second.getObjId()])
-    result.update(while_waiting=pairs, pending_reason=reason,
+    result.update(while_waiting=pairs, pending_reasons=sorted(set(map(str, reasons))),
                   first_finish=run.report(project, first, 0, [])["finish"])  # fmt: skip
     return result
 
@@ -101,6 +107,7 @@ def requeued(project, how):
         requeued_job={k: job.get(k) for k in fields},
         job_ids=[str(j) for j in protocol.getJobIds()],
     )
+    result["script"] = Path(protocol.getSubmitDict()["JOB_SCRIPT"]).read_text()
     return result
 
 
