@@ -108,6 +108,10 @@ def run_on_cluster(tmp_path_factory, scipion_python):
             argv = cluster.in_controller([str(AGENT), "hosts-conf", "--out", str(agent_out)])
             done = subprocess.run(argv, env=cluster.env, capture_output=True, text=True, timeout=120)
             agent_runs.append((done, agent_out.stat().st_mtime_ns if agent_out.exists() else None))
+        # the operator's command on the same file: same code, so nothing to change
+        cli = [str(REPO / ".venv/bin/scipioncloud"), "cluster", "hosts-conf", "--out", str(agent_out)]
+        cli_run = subprocess.run(cluster.in_controller([*cli, "--json"]), env=cluster.env,
+                                 capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
         # the role's boot units (scipion_hosts_on_boot), rendered into a scratch folder, their command run
         units = tmp / "systemd"
         boot_out = tmp / "boot/hosts.conf"
@@ -121,14 +125,13 @@ def run_on_cluster(tmp_path_factory, scipion_python):
         boot_unit = units / "scipioncloud-hosts-conf.service"
         boot_run = None
         if boot_unit.exists():
-            boot_out.unlink(
-                missing_ok=True
-            )  # the play wrote the bake-time file; the unit writes the live one
+            # the play wrote the bake's file; the unit writes the live one
+            boot_out.unlink(missing_ok=True)
             boot_run = subprocess.run(cluster.in_controller(unit_command(boot_unit)), env=unit_env(boot_unit),
                                       capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
         yield {"results": results, "found": found, "hosts": hosts, "cluster": cluster, "check": check,
                "role": role, "provisioned": provisioned, "agent_runs": agent_runs, "agent_out": agent_out,
-               "boot_role": boot_role, "units": units, "boot_run": boot_run,
+               "cli_run": cli_run, "boot_role": boot_role, "units": units, "boot_run": boot_run,
                "boot_out": boot_out}  # fmt: skip
 
 
@@ -286,6 +289,9 @@ def test_the_agent_writes_hosts_conf_from_the_live_slurm_once(run_on_cluster):
     assert "written" in first.stdout, first.stdout
     assert second.returncode == 0 and "unchanged" in second.stdout, second.stdout + second.stderr
     assert first_mtime == second_mtime  # idempotent: the second boot rewrites nothing
+    cli = run_on_cluster["cli_run"]
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert json.loads(cli.stdout)["changed"] is False  # `scipioncloud cluster hosts-conf`: the same text
     out = run_on_cluster["agent_out"]
     assert out.read_text() == run_on_cluster["hosts"].read_text()  # one generator: agent, CLI, role, test
     info = out.stat()
@@ -302,6 +308,11 @@ def test_the_roles_boot_unit_writes_hosts_conf_once_slurm_is_configured(run_on_c
         units / "scipioncloud-hosts-conf.path")  # fmt: skip
     service = (units / "scipioncloud-hosts-conf.service").read_text()
     assert "After=network-online.target" in service and "Type=oneshot" in service
+    names = [str(units / f"scipioncloud-hosts-conf.{kind}") for kind in ("path", "service")]
+    verify = ["systemd-analyze", "verify", *names]
+    verified = subprocess.run(verify, capture_output=True, text=True, timeout=60)
+    complaints = [line for line in verified.stderr.splitlines() if "scipioncloud-hosts-conf" in line]
+    assert verified.returncode == 0 and not complaints, verified.stdout + verified.stderr
     boot = run_on_cluster["boot_run"]
     assert boot.returncode == 0, boot.stdout + boot.stderr
     assert run_on_cluster["boot_out"].read_text() == run_on_cluster["hosts"].read_text()
