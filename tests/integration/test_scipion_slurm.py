@@ -275,6 +275,7 @@ def test_a_requeued_job_keeps_its_protocol_running_to_finished(run_on_cluster, h
     assert result["status"] == "finished" and result["slurm_state"] == "COMPLETED", result
     assert "failed" not in result["statuses"], result
     assert result["node"] == "gpu2" and result["gpus_granted"] == 1, result
+    assert result["start"] > result["requeued_at"], result  # the script started over and the protocol resumed
 
 
 def test_a_job_that_loses_its_node_without_requeue_is_reported_failed(run_on_cluster):

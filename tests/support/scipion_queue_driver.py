@@ -86,6 +86,7 @@ def requeued(project, how):
     protocol, submitted = run.launch(project, "gpu-spot", seconds=6, label=f"spot {how}")
     before = wait_running(project, protocol)
     job_id = str(protocol.getJobIds()[0])
+    requeued_at = time.time()
     if how == "requeue":
         scontrol("requeue", job_id)
     else:
@@ -104,6 +105,7 @@ def requeued(project, how):
     fields = ("JobState", "Restarts", "Requeue", "Reason", "JobId")
     result.update(
         while_requeued=pairs,
+        requeued_at=requeued_at,
         requeued_job={k: job.get(k) for k in fields},
         job_ids=[str(j) for j in protocol.getJobIds()],
     )
