@@ -343,3 +343,35 @@ def desktop_firstboot(config_path: Path | None) -> None:
         firstboot.run(config_path or firstboot.DEFAULT_CONFIG)
     except (OSError, KeyError, ValueError, PasswordError, firstboot.FirstbootError) as exc:
         raise click.ClickException(f"desktop-firstboot: {exc}") from None
+
+
+@main.command("hosts-conf")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/opt/scipion/config/hosts.conf"),
+    show_default=True,
+    help="Scipion's hosts.conf.",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=0,
+    show_default=True,
+    help="Seconds to keep trying while Slurm does not answer (the head node may still be booting).",
+)
+def hosts_conf(out_path: Path, wait_s: float) -> None:
+    """Write Scipion's hosts.conf from the cluster's live partitions (`scontrol show partition|node`).
+
+    Run at boot on a desktop joined to a Slurm cluster (scipioncloud-hosts-conf.service); rewrites the file
+    only when the partitions changed; exits non-zero when Slurm does not answer."""
+    from agent.scipion_hosts import live
+
+    try:
+        written = live.write_from_slurm(out_path, wait_s=wait_s)
+    except (live.SlurmUnreachable, ValueError) as exc:
+        raise click.ClickException(f"hosts-conf: {exc}") from None
+    names = ", ".join(q.name for q in written.queues)
+    click.echo(f"{out_path}: {'written' if written.changed else 'unchanged'} (queues {names})")

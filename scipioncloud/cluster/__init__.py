@@ -1,3 +1,3 @@
-"""Scipion on a Slurm cluster: the queues a cluster offers (read from Slurm or from a ParallelCluster
-configuration), the hosts.conf Scipion submits through, the ParallelCluster configuration itself, and the
-per-queue check."""
+"""Scipion on a Slurm cluster: the ParallelCluster configuration and CLI, and the per-queue check. The queues
+and the hosts.conf Scipion submits through live in the agent (agent.scipion_hosts), which writes the file on
+the instance; the CLI imports them."""

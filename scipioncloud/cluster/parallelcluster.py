@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from scipioncloud.cluster.queues import Queue
+from agent.scipion_hosts.queues import SPOT_SUFFIX, Queue
 from scipioncloud.errors import BadInput, OperationFailed
 
 PCLUSTER_VERSION = "3.16.1"
@@ -106,7 +106,7 @@ def _check_choices(choices: ClusterChoices) -> None:
     if len(set(names)) != len(names):
         raise BadInput(f"each instance type may back one queue only: {', '.join(names)}")
     for queue in choices.gpu_queues + choices.cpu_queues:
-        twin = f"{queue.name}-spot"
+        twin = f"{queue.name}{SPOT_SUFFIX}"
         if not _QUEUE_NAME.match(twin if queue.gpu and choices.spot_twins else queue.name):
             raise BadInput(
                 f"queue name {queue.name!r} is too long or malformed for ParallelCluster (<= 25, a-z0-9-)"
@@ -130,7 +130,7 @@ def _queue(choices: ClusterChoices, queue: QueueChoice, description: dict, *, sp
         "SchedulableMemory": schedulable_memory(description),
     }
     return {
-        "Name": f"{queue.name}-spot" if spot else queue.name,
+        "Name": f"{queue.name}{SPOT_SUFFIX}" if spot else queue.name,
         "CapacityType": "SPOT" if spot else "ONDEMAND",
         "ComputeResources": [resource],
         "Networking": {"SubnetIds": [choices.subnet_id]},
@@ -224,6 +224,7 @@ def scipion_queues(config: dict, describe: Callable[[str], dict]) -> list[Queue]
                 gpu_types=tuple(dict.fromkeys(names)),
                 memory_mb_per_gpu=memory // gpus if gpus else 0,
                 default=queue is config["Scheduling"]["SlurmQueues"][0],
+                spot=queue.get("CapacityType") == "SPOT",
             )
         )
     return queues

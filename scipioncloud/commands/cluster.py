@@ -4,15 +4,15 @@ per-queue check."""
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import click
 
+from agent.scipion_hosts import hostsconf, live
 from scipioncloud import instance_types
 from scipioncloud.cluster import check as check_lib
-from scipioncloud.cluster import hostsconf, parallelcluster, pcluster_cli, queues
+from scipioncloud.cluster import parallelcluster, pcluster_cli
 from scipioncloud.commands.common import command
 from scipioncloud.errors import BadInput, OperationFailed
 
@@ -155,28 +155,20 @@ def delete(run, name, yes, pcluster):
 
 @command(cluster, "hosts-conf", aws=False)
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-def hosts_conf(run, out_path):
+@click.option("--wait", "wait_s", type=float, default=0, show_default=True,
+              help="Seconds to keep trying while Slurm does not answer.")  # fmt: skip
+def hosts_conf(run, out_path, wait_s):
     """Write Scipion's hosts.conf from this machine's Slurm (scontrol show partition/node)."""
-    outputs = []
-    for what in ("partition", "node"):
-        try:
-            result = subprocess.run(
-                ["scontrol", "show", what, "-o"], capture_output=True, text=True, timeout=60
-            )
-        except FileNotFoundError:
-            raise BadInput(
-                "scontrol is missing: run this on a machine that can submit to the cluster"
-            ) from None
-        if result.returncode != 0:
-            raise OperationFailed(f"scontrol show {what}: {result.stderr.strip()}")
-        outputs.append(result.stdout)
     try:
-        found = queues.from_scontrol(*outputs)
+        written = live.write_from_slurm(out_path, wait_s=wait_s)
+    except live.SlurmUnreachable as exc:
+        raise OperationFailed(f"{exc}: run this on a machine that can submit to the cluster") from None
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    hostsconf.write(out_path, hostsconf.render(found))
-    run.out.emit({"hosts_conf": str(out_path), "queues": [q.name for q in found]},
-                 text=f"wrote {out_path}: queues {', '.join(q.name for q in found)}")  # fmt: skip
+    names = ", ".join(q.name for q in written.queues)
+    data = {"hosts_conf": str(out_path), "queues": [q.name for q in written.queues]}
+    data["changed"] = written.changed
+    run.out.emit(data, text=f"{'wrote' if written.changed else 'unchanged:'} {out_path}: queues {names}")
 
 
 CHECK_COLUMNS = [

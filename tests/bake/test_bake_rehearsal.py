@@ -298,6 +298,9 @@ def test_desktop_enabled_not_started_and_gpu_access_decided(rehearsal):
     wants = root / "etc/systemd/system/multi-user.target.wants"
     for unit in ("scipioncloud-desktop", "scipioncloud-websockify", "scipioncloud-desktop-firstboot"):
         assert os.readlink(wants / f"{unit}.service") == f"/etc/systemd/system/{unit}.service", unit
+    # joined to a cluster later (a ParallelCluster login node), the desktop writes hosts.conf at boot
+    path_unit = "/etc/systemd/system/scipioncloud-hosts-conf.path"
+    assert os.readlink(wants / "scipioncloud-hosts-conf.path") == path_unit
     # nothing of a desktop session in the desktop user's home (~/.cache is left by the scipion role's pip
     # and matplotlib runs as this user: not a session's, reported separately)
     session_traces = [p for p in rehearsal["home"] if any(t in p for t in SESSION_TRACES)]

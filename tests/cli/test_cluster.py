@@ -73,8 +73,10 @@ def test_config_passes_parallelclusters_schema_and_scales_from_zero(cli, account
     rows = json.loads(hosts["localhost"]["QUEUES"])
     assert list(rows) == ["g4dn-xlarge", "c5-2xlarge", "g4dn-xlarge-spot"]
     gpu = {r[0]: r[1] for r in rows["g4dn-xlarge"]}
-    assert gpu == {"GPU_COUNT": "1", "JOB_MEMORY": "15564", "JOB_TIME": "24"}
+    assert gpu == {"GPU_COUNT": "1", "JOB_MEMORY": "15564", "JOB_TIME": "24", "JOB_REQUEUE": "no-requeue"}
     assert {r[0]: r[1] for r in rows["c5-2xlarge"]}["GPU_COUNT"] == "0"
+    # the Spot twin (CapacityType SPOT) asks Slurm to requeue a job whose node is reclaimed
+    assert {r[0]: r[1] for r in rows["g4dn-xlarge-spot"]}["JOB_REQUEUE"] == "requeue"
 
 
 def test_config_passes_every_pcluster_validator_against_the_emulator(cli, account, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scipioncloud.cluster import hostsconf, queues
+from agent.scipion_hosts import hostsconf, queues
 
 DATA = Path(__file__).parent / "data"
 PARTITIONS = (DATA / "scontrol-22.05-partition.txt").read_text()
@@ -69,17 +69,36 @@ def test_hosts_conf_offers_gpus_memory_and_time_per_queue():
     assert gpu["JOB_MEMORY"][1] == "1000" and "max 2000" in gpu["JOB_MEMORY"][2]
     assert gpu["JOB_TIME"][1] == "12"
     cpu = {row[0]: row[1] for row in rows["cpu"]}
-    assert cpu == {"GPU_COUNT": "0", "JOB_MEMORY": "1500", "JOB_TIME": "24"}
+    assert cpu == {"GPU_COUNT": "0", "JOB_MEMORY": "1500", "JOB_TIME": "24", "JOB_REQUEUE": "no-requeue"}
+
+
+def test_only_spot_queues_ask_slurm_to_requeue():
+    spot = PARTITIONS.replace("PartitionName=gpu ", "PartitionName=gpu-spot ")
+    nodes = NODES.replace("Partitions=gpu ", "Partitions=gpu-spot ")
+    found = {q.name: q for q in queues.from_scontrol(spot, nodes)}
+    assert found["gpu-spot"].spot and not found["cpu"].spot
+    rows = json.loads(pyworkflow_value(hostsconf.render(found.values()), "QUEUES"))
+    requeue = {name: {row[0]: row[1] for row in queue}["JOB_REQUEUE"] for name, queue in rows.items()}
+    assert requeue == {"gpu-spot": "requeue", "cpu": "no-requeue"}
+    listed = queues.from_list(
+        [
+            {"name": "a-spot", "cpus": 2, "memory_mb": 100},
+            {"name": "b", "cpus": 2, "memory_mb": 100, "spot": True},
+            {"name": "c", "cpus": 1, "memory_mb": 1},
+        ]
+    )
+    assert [q.spot for q in listed] == [True, True, False]
 
 
 def test_submit_template_fills_like_pyworkflow():
     text = hostsconf.render(queues.from_scontrol(PARTITIONS, NODES))
     submit = {"JOB_NAME": "12", "SCIPION_PROJECT": "p", "JOB_LOGS": "/x/logs/scipion12", "JOB_QUEUE": "gpu",
               "JOB_NODES": 2, "JOB_THREADS": 4, "JOB_MEMORY": "8000", "JOB_TIME": "6", "GPU_COUNT": "2",
-              "JOB_NODEFILE": "/x/n", "JOB_COMMAND": "run"}  # fmt: skip
+              "JOB_NODEFILE": "/x/n", "JOB_COMMAND": "run", "JOB_REQUEUE": "requeue"}  # fmt: skip
     script = pyworkflow_value(text, "SUBMIT_TEMPLATE") % submit
     for line in ("#SBATCH --nodes=1", "#SBATCH --ntasks=2", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=8000",
-                 "#SBATCH --time=6:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu"):  # fmt: skip
+                 "#SBATCH --time=6:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu",
+                 "#SBATCH --requeue"):  # fmt: skip
         assert line in script.splitlines()
     assert pyworkflow_value(text, "CHECK_COMMAND") % {"JOB_ID": 7} == (
         "squeue --noheader --states=all --format=%T --jobs=7 2>&1"
@@ -98,6 +117,10 @@ def test_submit_template_fills_like_pyworkflow():
         ("CANCELLED\n", "finished"),
         ("TIMEOUT\n", "finished"),
         ("OUT_OF_MEMORY\n", "finished"),
+        ("REQUEUED\n", "running"),  # squeue(1): a completing job going back to the queue
+        ("REQUEUE_HOLD\n", "running"),
+        ("NODE_FAIL\n", "finished"),  # a lost node, no requeue: Scipion fails the protocol
+        ("PREEMPTED\n", "finished"),
         ("slurm_load_jobs error: Invalid job id specified\n", "finished"),
         ("", "finished"),
     ],

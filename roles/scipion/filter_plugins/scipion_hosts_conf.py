@@ -1,5 +1,5 @@
-"""Filter `scipion_hosts_conf`: Scipion's hosts.conf text from scipioncloud.cluster (one generator for the
-role, the CLI and the tests). Filters run on the Ansible controller, where scipioncloud is installed
+"""Filter `scipion_hosts_conf`: Scipion's hosts.conf text from agent.scipion_hosts (one generator for the
+role, the CLI and the tests). Filters run on the Ansible controller, where the package is installed
 (make setup's .venv); from a bare checkout the repository root is put on sys.path."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 try:
-    from scipioncloud.cluster import hostsconf, queues
+    from agent.scipion_hosts import hostsconf, queues
 except ImportError:  # ansible-playbook from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from scipioncloud.cluster import hostsconf, queues
+    from agent.scipion_hosts import hostsconf, queues
 
 
 def scipion_hosts_conf(slurm: bool, listed: list, scontrol: dict | None, mpi_command: str) -> str:

@@ -93,6 +93,23 @@ def granted_gpus(record, job):
     return int(match.group(1)) if match else None
 
 
+def error_message(project, run):
+    """The run's error. A refresh can copy a run's "failed" from its run.db before the message lands there,
+    and pyworkflow re-reads only active runs: then read the message from the run's own database, as Scipion
+    does when the project is opened again."""
+    message = run.getErrorMessage()
+    if message or run.getStatus() != "failed":
+        return message or None
+    from pyworkflow.protocol import getProtocolFromDb
+
+    own = getProtocolFromDb(project.path, run.getDbPath(), run.getObjId())
+    try:
+        return own.getErrorMessage() or None
+    finally:
+        own.getProject().closeMapper()
+        own.closeMappers()
+
+
 def report(project, protocol, submitted, statuses, job=None):
     run = refresh(project)[protocol.getObjId()]
     job_ids = [str(j) for j in run.getJobIds()]
@@ -118,7 +135,7 @@ def report(project, protocol, submitted, statuses, job=None):
         "slurm_state": job.get("JobState"),
         "status": run.getStatus(),
         "statuses": statuses,
-        "error": run.getErrorMessage() or None,
+        "error": error_message(project, run),
         "submit": submitted,
         "start": record.get("start"),
         "finish": record.get("end"),

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 # A field starts at a space followed by `Key=`; values may contain spaces (OS=Linux 6.1.0 ..., Reason=...).
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_]*)=")
+# A Spot queue's name ends so (scipioncloud cluster config names the Spot twin of queue `gpu` `gpu-spot`): a
+# live partition says nothing else about its capacity type.
+SPOT_SUFFIX = "-spot"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Queue:
     memory_mb_per_gpu: int = 0  # the smallest node memory / GPUs ratio: a one-GPU share that fits anywhere
     max_time_hours: int | None = None  # None: no limit
     default: bool = False
+    spot: bool = False  # nodes may be reclaimed: jobs ask Slurm to requeue them (hostsconf.JOB_REQUEUE)
     nodes: tuple[str, ...] = field(default=())
 
     @property
@@ -125,6 +129,7 @@ def from_scontrol(partitions_text: str, nodes_text: str) -> list[Queue]:
                 ),
                 max_time_hours=parse_time_hours(partition.get("MaxTime", "UNLIMITED")),
                 default=partition.get("Default", "NO") == "YES",
+                spot=name.endswith(SPOT_SUFFIX),
                 nodes=tuple(n["NodeName"] for n in members if "NodeName" in n),
             )
         )
@@ -135,7 +140,8 @@ def from_scontrol(partitions_text: str, nodes_text: str) -> list[Queue]:
 
 def from_list(items: list[dict]) -> list[Queue]:
     """Queues written by hand (the scipion role's scipion_slurm_queues): one dict per partition with name,
-    cpus, memory_mb (per node, Slurm's RealMemory), gpus (per node), gpu_type, max_time_hours, default."""
+    cpus, memory_mb (per node, Slurm's RealMemory), gpus (per node), gpu_type, max_time_hours, default,
+    spot (its nodes may be reclaimed; default: the name ends in -spot)."""
     queues = []
     for item in items:
         missing = {"name", "cpus", "memory_mb"} - set(item)
@@ -157,6 +163,7 @@ def from_list(items: list[dict]) -> list[Queue]:
                 memory_mb_per_gpu=memory // gpus if gpus else 0,
                 max_time_hours=int(hours) if hours not in (None, "") else None,
                 default=bool(item.get("default", False)),
+                spot=bool(item.get("spot", str(item["name"]).endswith(SPOT_SUFFIX))),
             )
         )
     return queues

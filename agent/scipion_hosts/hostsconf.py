@@ -1,4 +1,4 @@
-"""Scipion's hosts.conf for a Slurm cluster, from its queues (scipioncloud.cluster.queues).
+"""Scipion's hosts.conf for a Slurm cluster, from its queues (agent.scipion_hosts.queues).
 
 How pyworkflow reads it (pyworkflow/protocol/hosts.py, launch.py, project.py, 3.11):
 - RawConfigParser with ";" comments; `%_(` becomes `%(` and the values are %-formatted, so a literal % for
@@ -12,7 +12,13 @@ How pyworkflow reads it (pyworkflow/protocol/hosts.py, launch.py, project.py, 3.
   failed. An empty `JOB_DONE_REGEX =` is the regex '' and matches everything: every running job would fail.
 So the check prints the job's Slurm state (errors included, so an unreachable controller reads as "running",
 never as "finished"), and the regex matches only Slurm's terminal states and "Invalid job id" (a job Slurm has
-already forgotten)."""
+already forgotten).
+
+Spot queues: a reclaimed node makes Slurm end the job NODE_FAIL, or requeue it under the same job id when the
+job allows it (sbatch(1) --requeue / --no-requeue; ParallelCluster's "Spot Instance running single node jobs
+is interrupted"). A requeued job is PENDING again, so the check keeps the protocol running and pyworkflow
+resumes it from its last finished step when the script starts over. JOB_REQUEUE asks for that on Spot queues
+only; elsewhere a lost node ends the job and Scipion reports the protocol failed."""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from scipioncloud.cluster.queues import Queue
+from agent.scipion_hosts.queues import Queue
 
 # Slurm's terminal job states (squeue(1) JOB STATE CODES); PENDING, RUNNING, CONFIGURING, COMPLETING,
 # REQUEUED, RESIZING, SUSPENDED, STOPPED... are "still in the queue".
@@ -40,6 +46,8 @@ TERMINAL_STATES = (
 CHECK_COMMAND = "squeue --noheader --states=all --format=%%T --jobs=%_(JOB_ID)s 2>&1"
 JOB_DONE_REGEX = "(?m)^(" + "|".join(TERMINAL_STATES) + r")\b|Invalid job id"
 DEFAULT_TIME_HOURS = 24
+REQUEUE = "requeue"  # sbatch --requeue: Spot queues, where a reclaimed node is expected
+NO_REQUEUE = "no-requeue"  # sbatch --no-requeue: a lost node fails the job, Scipion reports it
 MPI_COMMAND = "mpirun -np %_(JOB_NODES)d --bind-to none %_(COMMAND)s"
 
 SUBMIT_TEMPLATE = """#!/bin/bash
@@ -56,6 +64,8 @@ SUBMIT_TEMPLATE = """#!/bin/bash
 #SBATCH --mem=%_(JOB_MEMORY)s
 #SBATCH --time=%_(JOB_TIME)s:00:00
 #SBATCH --gres=gpu:%_(GPU_COUNT)s
+### Back in the queue, same job id, when Slurm loses the node (a Spot reclaim): requeue or no-requeue
+#SBATCH --%_(JOB_REQUEUE)s
 export XMIPP_IN_QUEUE=1
 cd "$SLURM_SUBMIT_DIR"
 echo "$SLURM_JOB_NODELIST" > %_(JOB_NODEFILE)s
@@ -106,6 +116,14 @@ def queue_parameters(queue: Queue) -> list[list[str]]:
             "Time (hours)",
             f"Wall-clock limit in hours ({time_limit} on {queue.name}); Slurm stops the job after it.",
         ],
+        [
+            "JOB_REQUEUE",
+            REQUEUE if queue.spot else NO_REQUEUE,
+            f"On a lost node ({REQUEUE} or {NO_REQUEUE})",
+            f"{REQUEUE}: when Slurm loses the node (a Spot reclaim) the job goes back to the queue under "
+            "the same id and the protocol resumes from its last finished step once it starts again; "
+            f"{NO_REQUEUE}: the job ends NODE_FAIL and Scipion reports the protocol failed.",
+        ],
     ]
 
 
@@ -136,7 +154,8 @@ def render(
         f"JOB_DONE_REGEX = {JOB_DONE_REGEX}\n"
         f"SUBMIT_TEMPLATE = {template}\n"
         f"QUEUES = {queues_json}\n"
-        f'QUEUES_DEFAULT = {{"GPU_COUNT": "0", "JOB_TIME": "{DEFAULT_TIME_HOURS}"}}\n'
+        f'QUEUES_DEFAULT = {{"GPU_COUNT": "0", "JOB_TIME": "{DEFAULT_TIME_HOURS}", '
+        f'"JOB_REQUEUE": "{NO_REQUEUE}"}}\n'
     )
 
 
