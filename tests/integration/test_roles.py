@@ -161,11 +161,27 @@ def test_firstboot_makes_secrets_once_and_sysprep_removes_them(provisioned):
     ssh.mkdir(parents=True)
     (ssh / "authorized_keys").write_text("ssh-ed25519 AAAA test\n")
     (root / "root/.bash_history").write_text("export SECRET=1\n")
-    assert hygiene.audit(root), "the audit must see the secrets before sysprep"
+    # the caches a bake's pip, matplotlib and fontconfig runs leave, next to what the image needs
+    caches = [
+        "root/.cache/pip/http-v2/a",
+        "home/ubuntu/.cache/matplotlib/fontlist-v390.json",
+        "home/ubuntu/.cache/fontconfig/x-le64.cache-9",
+        "home/ubuntu/.cache/pip/selfcheck/b",
+    ]
+    kept = ["home/ubuntu/.config/xfce4/panel.xml", "home/ubuntu/.local/bin/a", "home/ubuntu/Desktop/a"]
+    for path in caches + kept:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("made during the bake\n")
+    audit = hygiene.audit(root)
+    assert {"per-user cache /root/.cache", "per-user cache /home/ubuntu/.cache"} <= {
+        p.replace(str(root), "") for p in audit
+    }, audit
 
     cleaned = rootfs.run_playbook(root, SYSPREP)
     assert cleaned.rc == 0, cleaned.summary()
     assert hygiene.audit(root) == []
+    assert [p for p in caches if (root / p).exists()] == []
+    assert [p for p in kept if not (root / p).exists()] == []
     assert [p for p in listed if (root / p.lstrip("/")).exists()] == []
 
 
