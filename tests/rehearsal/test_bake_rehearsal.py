@@ -91,12 +91,12 @@ def boot_the_image(root: Path, work: Path) -> dict:
     with systemd_boot.booted(root, work) as machine:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            agent = machine.show("scipioncloud-agent.service", "SubState")
+            agent = machine.show("scipioncloud-agent.service", "SubState").get("SubState")
+            state = machine.show("scipioncloud-desktop-firstboot.service", "ActiveState")
+            firstboot = state.get("ActiveState")
             desktop = machine.show("scipioncloud-desktop.service", "ExecMainStartTimestampMonotonic")
-            if (
-                agent.get("SubState") == "running"
-                and desktop.get("ExecMainStartTimestampMonotonic", "0") != "0"
-            ):
+            desktop_started = int(desktop.get("ExecMainStartTimestampMonotonic") or 0) > 0
+            if agent == "running" and firstboot in ("active", "failed") and desktop_started:
                 break
             time.sleep(1)
         time.sleep(3)  # a few desktop-session attempts for the journal
