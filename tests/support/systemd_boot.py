@@ -1,13 +1,14 @@
 """Boot a root filesystem with its own systemd as PID 1, the way a container manager does, without one.
 
 This machine's init is not systemd and its cgroups are v1 (a `name=systemd` hierarchy is mounted), and
-systemd-nspawn is not installed. So: `unshare --pid --mount --uts --ipc --net --cgroup --fork` from inside a
-fresh child cgroup of the host's name=systemd hierarchy (the cgroup namespace makes it the root the booted
-systemd sees and fills), then /proc, a read-only /sys, a tmpfs /sys/fs/cgroup with the name=systemd
-hierarchy, a small /dev (null, zero, full, random, urandom, tty, devpts, /dev/console = a pseudo-terminal we
-read), tmpfs /run and /tmp, `container=other` in the environment (systemd's own container interface:
-no udev, no getty on tty1), and `exec chroot ROOT /lib/systemd/systemd`. The network namespace holds only
-an unconfigured loopback: nothing the booted units do reaches beyond it.
+systemd-nspawn is not installed. So: `unshare --pid --mount --uts --ipc --net --cgroup --fork` from inside
+a fresh child cgroup of the host's name=systemd hierarchy (the cgroup namespace makes it the root the
+booted systemd sees and fills), then /proc, a read-only /sys, a tmpfs /sys/fs/cgroup with the name=systemd
+hierarchy (on a cgroup v2 machine: the unified hierarchy, a path not tried here), a small /dev (null, zero,
+full, random, urandom, tty, devpts, /dev/console = a pseudo-terminal we read), tmpfs /run and /tmp,
+`container=other` in the environment (systemd's own container interface: no udev, no getty on tty1), and
+`exec chroot ROOT /lib/systemd/systemd`. The network namespace holds only an unconfigured loopback:
+nothing the booted units do reaches beyond it.
 
     with systemd_boot.booted(root, work) as machine:   # returns once systemd answers
         machine.wait_running(120)                       # `systemctl is-system-running --wait`
@@ -28,18 +29,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-HOST_CGROUP = Path("/sys/fs/cgroup/systemd")  # cgroup v1, name=systemd
+CGROUP_V1 = Path("/sys/fs/cgroup/systemd")  # cgroup v1, name=systemd (this machine)
+CGROUP_V2 = Path("/sys/fs/cgroup")  # the unified hierarchy (not tried here: this machine has no cgroup v2)
 
-# Runs as PID 1 of the new namespaces until it execs systemd. $1 root, $2 the console's tty.
+# Runs as PID 1 of the new namespaces until it execs systemd. $1 root, $2 the console's tty, $3 v1 or v2.
 START = """set -eu
-root="$1"; console="$2"
+root="$1"; console="$2"; hierarchy="$3"
 mount --make-rprivate /
 mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs -o ro sysfs "$root/sys"
-mount -t tmpfs -o mode=755 tmpfs "$root/sys/fs/cgroup"
-mkdir "$root/sys/fs/cgroup/systemd"
-mount -t cgroup -o none,name=systemd cgroup "$root/sys/fs/cgroup/systemd"
+if [ "$hierarchy" = v2 ]; then
+  mount -t cgroup2 cgroup2 "$root/sys/fs/cgroup"
+else
+  mount -t tmpfs -o mode=755 tmpfs "$root/sys/fs/cgroup"
+  mkdir "$root/sys/fs/cgroup/systemd"
+  mount -t cgroup -o none,name=systemd cgroup "$root/sys/fs/cgroup/systemd"
+fi
 mount -t tmpfs -o mode=755 tmpfs "$root/dev"
 for node in null zero full random urandom tty; do
   touch "$root/dev/$node"; mount --bind "/dev/$node" "$root/dev/$node"
@@ -120,7 +126,12 @@ def _remove_cgroups(top: Path) -> None:
 @contextlib.contextmanager
 def booted(root: Path, work: Path, timeout: float = 60) -> Iterator[Machine]:
     work.mkdir(parents=True, exist_ok=True)
-    cgroup = HOST_CGROUP / f"scipioncloud-boot-{os.getpid()}-{time.monotonic_ns()}"
+    hierarchy = "v1" if CGROUP_V1.is_dir() else "v2"
+    if hierarchy == "v2" and not (CGROUP_V2 / "cgroup.controllers").exists():
+        raise RuntimeError("no cgroup hierarchy for systemd: neither v1 name=systemd nor v2 is mounted")
+    cgroup = (
+        CGROUP_V1 if hierarchy == "v1" else CGROUP_V2
+    ) / f"scipioncloud-boot-{os.getpid()}-{time.monotonic_ns()}"
     cgroup.mkdir()
     console_log = work / "console.log"
     master, slave = os.openpty()
@@ -144,7 +155,7 @@ def booted(root: Path, work: Path, timeout: float = 60) -> Iterator[Machine]:
         (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
     argv = ["unshare", "--pid", "--mount", "--uts", "--ipc", "--net", "--cgroup", "--fork", "--kill-child",
-            "sh", "-c", START, "sh", str(root), os.ttyname(slave)]  # fmt: skip
+            "sh", "-c", START, "sh", str(root), os.ttyname(slave), hierarchy]  # fmt: skip
     process = subprocess.Popen(
         argv, preexec_fn=enter_cgroup, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
     )
