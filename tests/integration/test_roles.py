@@ -252,10 +252,7 @@ def test_the_image_boots_with_systemd_and_runs_first_boot_before_the_agent(provi
     assert first.rc == 0, first.summary()
     machine_root = tmp_path / "machine"
     subprocess.run(["cp", "-a", "--reflink=auto", str(root), str(machine_root)], check=True)
-    # off EC2: the launch settings' IMDS is a closed loopback port (the unit's own environment, as a drop-in)
-    dropin = machine_root / "etc/systemd/system/scipioncloud-firstboot.service.d/imds.conf"
-    dropin.parent.mkdir(parents=True)
-    dropin.write_text(f"[Service]\nEnvironment=SCIPIONCLOUD_IMDS_URL=http://127.0.0.1:{free_port()}\n")
+    systemd_boot.point_imds_at(machine_root, f"http://127.0.0.1:{free_port()}")  # off EC2: a closed port
     with systemd_boot.booted(machine_root, tmp_path / "boot") as machine:
         state = machine.wait_running(180)
         failed = machine.run("systemctl", "--failed", "--no-legend", "--plain").stdout
