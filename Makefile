@@ -15,6 +15,7 @@ HOSTS   ?=
 VARS    ?=
 PYTEST_ARGS ?=
 comma := ,
+AMI_REGIONS = $(if $(REGION),--region $(REGION)) $(foreach r,$(COPY_TO),--copy-to $(r))
 
 .PHONY: help setup deps test test-gpu lint bench agent ami versions validate rehearse provision docs clean
 
@@ -51,8 +52,10 @@ agent: $(STAMP) ## Run the agent in the foreground on 127.0.0.1 with a developme
 	@tools/dev-agent
 
 ami: $(STAMP) ## Bake an AMI: make ami [IMAGE=scipion-desktop] [REGION=eu-west-1] [COPY_TO="us-east-1 ..."]
+	@# credentials first: without an AWS account nothing gets installed (make rehearse needs none)
+	@$(VENV)/bin/scipioncloud bake $(IMAGE) --check-aws $(AMI_REGIONS)
 	@command -v packer >/dev/null || tools/install-packer
-	$(VENV)/bin/scipioncloud bake $(IMAGE) $(if $(REGION),--region $(REGION)) $(foreach r,$(COPY_TO),--copy-to $(r))
+	$(VENV)/bin/scipioncloud bake $(IMAGE) $(AMI_REGIONS)
 
 versions: $(STAMP) ## Regenerate docs/versions.md (the pinned-versions table) from images/ and role defaults
 	$(PY) -m scipioncloud.versions > docs/versions.md

@@ -27,10 +27,17 @@ DEFAULT_REGION = "eu-west-1"  # when neither --region, AWS_REGION nor the profil
 )
 @click.option("--all", "all_images", is_flag=True, help="With --validate-only: every image in images/.")
 @click.option(
+    "--check-aws",
+    is_flag=True,
+    help="Only check the AWS credentials and regions (make ami does it first, before installing anything).",
+)
+@click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Output folder (build/)."
 )
 @click.option("--quiet", is_flag=True, help="Do not stream Packer's output (it is still logged).")
-def bake(run, image_name, copy_to, instance_type, var_pairs, validate_only, all_images, out_dir, quiet):
+def bake(
+    run, image_name, copy_to, instance_type, var_pairs, validate_only, all_images, check_aws, out_dir, quiet
+):
     """Bake IMAGE_NAME (default scipion-desktop) into an AMI with Packer and Ansible."""
     repo = lib.repo_root()
     out_dir = (out_dir or repo / "build").resolve()
@@ -52,6 +59,14 @@ def bake(run, image_name, copy_to, instance_type, var_pairs, validate_only, all_
     if not (aws.region or os.environ.get("AWS_REGION") or aws.session.region_name):
         aws = Aws(DEFAULT_REGION, aws.profile)
     region = aws.region_name
+    if check_aws:
+        account = lib.check_aws(aws, region, list(copy_to))
+        regions = [region, *(r for r in copy_to if r != region)]
+        run.out.emit(
+            {"account": account, "regions": regions},
+            text=f"AWS account {account}: credentials work, region(s) {', '.join(regions)} enabled",
+        )
+        return
     result = lib.bake(
         aws,
         repo,

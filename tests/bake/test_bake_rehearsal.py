@@ -23,8 +23,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import REPO
-from tests.support import hygiene, processes, rootfs, sshd_target
+from tests.conftest import REPO, free_port
+from tests.support import hygiene, processes, rootfs, sshd_target, systemd_boot
+from tests.support.cloud_init_boot import CloudInitBoot
 from tests.support.moto_server import CANONICAL
 
 # The whole bake runs in the module fixture: minutes on an idle machine, far more on a shared, loaded one.
@@ -32,6 +33,7 @@ pytestmark = [pytest.mark.rehearsal, pytest.mark.root, pytest.mark.timeout(2700)
 IMAGE = "scipion-desktop"
 HOME_REGION, COPY_REGION = "eu-west-1", "us-east-1"
 LOCK_HELD_S = 70  # after Ansible's first task: longer than apt's default 60 s lock wait
+CLOUD_INIT_WAIT_S = 3  # cloud-init's stages keep running this long after the bake starts waiting for them
 SESSION_TRACES = (".vnc", ".Xauthority", ".ICEauthority", ".config/xfce4", ".dbus", "thumbnails")
 COMMON_ONLY = ("jq", "tmux", "htop", "unzip", "rsync")  # roles/common installs them; the base has none
 # What the rehearsal changes from a real bake, and the test that covers each changed step instead. Repository
@@ -68,6 +70,43 @@ def host_fingerprint() -> dict[str, str]:
     for path in ("/opt/scipioncloud", "/etc/scipioncloud", "/etc/systemd/system/scipioncloud-agent.service"):
         found[path] = str(Path(path).exists())
     return found
+
+
+BOOT_UNITS = (
+    "network-online.target",
+    "scipioncloud-firstboot.service",
+    "scipioncloud-desktop-firstboot.service",
+    "scipioncloud-agent.service",
+    "scipioncloud-websockify.service",
+    "scipioncloud-desktop.service",
+)
+TIMES = ("ActiveEnterTimestampMonotonic", "ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic",
+         "InactiveExitTimestampMonotonic")  # fmt: skip
+
+
+def boot_the_image(root: Path, work: Path) -> dict:
+    """The baked root filesystem booted with its own systemd as PID 1 (tests/support/systemd_boot.py) until
+    the agent serves and the desktop session has been started, then powered off."""
+    systemd_boot.point_imds_at(root, f"http://127.0.0.1:{free_port()}")
+    with systemd_boot.booted(root, work) as machine:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            agent = machine.show("scipioncloud-agent.service", "SubState").get("SubState")
+            state = machine.show("scipioncloud-desktop-firstboot.service", "ActiveState")
+            firstboot = state.get("ActiveState")
+            desktop = machine.show("scipioncloud-desktop.service", "ExecMainStartTimestampMonotonic")
+            desktop_started = int(desktop.get("ExecMainStartTimestampMonotonic") or 0) > 0
+            if agent == "running" and firstboot in ("active", "failed") and desktop_started:
+                break
+            time.sleep(1)
+        time.sleep(3)  # a few desktop-session attempts for the journal
+        units = {u: machine.show(u, "ActiveState", "SubState", "Result", *TIMES) for u in BOOT_UNITS}
+        journals = {
+            unit: machine.run("journalctl", "-b", "--no-pager", "-o", "cat", "-u", unit).stdout
+            for unit in ("scipioncloud-desktop-firstboot.service", "scipioncloud-desktop.service")
+        }
+        failed = machine.run("systemctl", "--failed", "--no-legend", "--plain").stdout
+    return {"units": units, "journals": journals, "failed": failed, "console": machine.console()}
 
 
 def release_after_ansible_starts(root: Path, holder, lock: dict) -> None:
@@ -124,7 +163,13 @@ def rehearsal(
             target=release_after_ansible_starts, args=(root, holder, lock), daemon=True
         )
         watcher.start()
-        target = sshd_target.start(root, work / "sshd")
+        boot, booted = CloudInitBoot(root), threading.Event()
+        boot.start()  # cloud-init is still running its stages when Packer connects
+        cloud_init = threading.Thread(
+            target=boot.finish_after_waited, args=(CLOUD_INIT_WAIT_S, booted), daemon=True
+        )
+        cloud_init.start()
+        target = sshd_target.start(root, work / "sshd", cloud_init=True)
         try:
             env = {**os.environ, **moto_server.env(HOME_REGION)}
             env.pop("AWS_PROFILE", None)
@@ -140,7 +185,9 @@ def rehearsal(
             timings["bake_s"] = time.monotonic() - started
         finally:
             target.stop()
+            booted.set()
         watcher.join(5)
+        cloud_init.join(5)
         records = sorted((work / "build").glob(f"{IMAGE}-*[0-9].json"))
         record = json.loads(records[-1].read_text()) if records else {}
         audit = hygiene.audit(root)
@@ -158,10 +205,14 @@ def rehearsal(
         unpacked = {
             n: (info / f"{n}.list").stat().st_mtime for n in COMMON_ONLY if (info / f"{n}.list").exists()
         }
+        started = time.monotonic()
+        booted = boot_the_image(root, work / "boot")
+        timings["boot_s"] = time.monotonic() - started
         yield {
             "bake": bake, "record": record, "audit": audit, "again": again, "root_log": target.log(),
+            "booted": booted,
             "root": root, "lock": lock, "home": home,
-            "unpacked": unpacked,
+            "unpacked": unpacked, "cloud_init": {**boot.times, "still_waiting": boot.still_waiting_at_done},
         }  # fmt: skip
     timings["total_s"] = sum(timings.values())
     print(f"\nrehearsal timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
@@ -293,6 +344,23 @@ def test_bake_waited_for_the_apt_locks(rehearsal):
     assert min(unpacked.values()) >= lock["released"] - 1, (unpacked, lock)
 
 
+def test_bake_waited_for_cloud_init(rehearsal):
+    """cloud-init's stages were still running when Packer connected (tests/support/cloud_init_boot.py; the
+    real `cloud-init status` of the root filesystem reads them): roles/common's `cloud-init status --wait`
+    waited CLOUD_INIT_WAIT_S until they finished, returned once they had, and no package was unpacked
+    before."""
+    assert rehearsal["bake"].returncode == 0, rehearsal["bake"].stdout[-3000:]
+    times = rehearsal["cloud_init"]
+    assert "waiter_seen" in times, f"roles/common never ran `cloud-init status --wait`: {times}"
+    assert times["still_waiting"], "`cloud-init status --wait` returned while cloud-init was running"
+    assert times["done"] - times["waiter_seen"] >= CLOUD_INIT_WAIT_S
+    assert 0 <= times["waiter_gone"] - times["done"] < 30, times  # it saw "done" and returned
+    unpacked = rehearsal["unpacked"]
+    assert unpacked and min(unpacked.values()) >= times["done"] - 1, (unpacked, times)
+    log = Path(rehearsal["record"]["packer_log"]).read_text()
+    assert "TASK [common : Wait for cloud-init to finish]" in log
+
+
 def test_desktop_enabled_not_started_and_gpu_access_decided(rehearsal):
     root = rehearsal["root"]
     wants = root / "etc/systemd/system/multi-user.target.wants"
@@ -301,8 +369,8 @@ def test_desktop_enabled_not_started_and_gpu_access_decided(rehearsal):
     # joined to a cluster later (a ParallelCluster login node), the desktop writes hosts.conf at boot
     path_unit = "/etc/systemd/system/scipioncloud-hosts-conf.path"
     assert os.readlink(wants / "scipioncloud-hosts-conf.path") == path_unit
-    # nothing of a desktop session in the desktop user's home (~/.cache is left by the scipion role's pip
-    # and matplotlib runs as this user: not a session's, reported separately)
+    # nothing of a desktop session in the desktop user's home (as the second run left it; the bake's own
+    # caches, ~/.cache of pip and matplotlib, are sysprep's: the hygiene audit checks them)
     session_traces = [p for p in rehearsal["home"] if any(t in p for t in SESSION_TRACES)]
     assert session_traces == [], session_traces
     # vglserver_config ran: the GPU devices go to vglusers, and vglusers holds exactly who needs the GPU
@@ -344,3 +412,41 @@ def test_every_step_the_rehearsal_changes_is_covered_by_another_test():
     assert changed == set(COVERED_ELSEWHERE), changed ^ set(COVERED_ELSEWHERE)
     for test in COVERED_ELSEWHERE.values():
         assert (REPO / test).exists(), test
+
+
+def test_the_baked_image_boots_first_boot_then_agent_and_desktop(rehearsal):
+    """systemd as PID 1 in the baked root filesystem: first boot after network-online.target and before the
+    agent, which serves; then the desktop's first boot, and after it websockify and the desktop session.
+    TurboVNC is the test repository's stand-in here (tests/support/aptrepo.py: its programs cannot run), so
+    the desktop's first boot stops at its `vncpasswd` and the session, finding no VNC password, refuses to
+    start: the test checks that these are the only failures. The desktop's first boot and session for real
+    (TigerVNC, openssl): tests/desktop/test_desktop_firstboot.py, tests/desktop/test_desktop*.py."""
+    assert rehearsal["bake"].returncode == 0, rehearsal["bake"].stdout[-3000:]
+    booted = rehearsal["booted"]
+    units, console, journals = booted["units"], booted["console"], booted["journals"]
+    assert "Powering off." in console, console[-2000:]
+
+    def at(unit: str, prop: str) -> int:
+        value = int(units[unit][prop] or 0)
+        assert value > 0, (unit, prop, units[unit], console[-3000:])
+        return value
+
+    firstboot = units["scipioncloud-firstboot.service"]
+    assert (firstboot["Result"], firstboot["ActiveState"]) == ("success", "active"), firstboot
+    assert units["scipioncloud-agent.service"]["SubState"] == "running", units["scipioncloud-agent.service"]
+    assert units["scipioncloud-websockify.service"]["SubState"] == "running"
+    online = at("network-online.target", "ActiveEnterTimestampMonotonic")
+    started = at("scipioncloud-firstboot.service", "ExecMainStartTimestampMonotonic")
+    done = at("scipioncloud-firstboot.service", "ExecMainExitTimestampMonotonic")
+    desktop_started = at("scipioncloud-desktop-firstboot.service", "ExecMainStartTimestampMonotonic")
+    desktop_done = at("scipioncloud-desktop-firstboot.service", "ExecMainExitTimestampMonotonic")
+    assert online <= started < done <= desktop_started < desktop_done
+    assert done <= at("scipioncloud-agent.service", "ExecMainStartTimestampMonotonic")
+    assert desktop_done <= at("scipioncloud-desktop.service", "InactiveExitTimestampMonotonic")
+    # the desktop's first boot got as far as the VNC password, which only the stand-in's vncpasswd stops
+    desktop_firstboot = journals["scipioncloud-desktop-firstboot.service"]
+    assert "vncpasswd: test repository stand-in for TurboVNC" in desktop_firstboot, desktop_firstboot[-2000:]
+    session = journals["scipioncloud-desktop.service"]
+    assert "no VNC password" in session, session[-2000:]
+    others = [line for line in booted["failed"].splitlines() if "scipioncloud-desktop-firstboot" not in line]
+    assert not [line for line in others if "scipioncloud" in line], booted["failed"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -90,3 +91,32 @@ def test_each_pin_set_gets_its_own_plugin_folder(tmp_path):
     pins.write_text('packer { required_plugins { amazon = { version = "= 1.3.3" } } }\n')
     assert bake.plugin_dir(repo, tmp_path / "build") != first  # an old install is never picked up
     assert first.parent == tmp_path / "build/packer-plugins"
+
+
+def test_make_ami_without_credentials_stops_first_and_installs_nothing(tmp_path):
+    """The credential check comes before Packer's installation: an operator without an AWS account is sent
+    to `make rehearse` at once, and nothing is installed. PATH holds no packer, and every program
+    tools/install-packer would run to install one only records that it was called (we run as root, so the
+    tool would really install)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "installer-calls"
+    bin_dir.mkdir()
+    for tool in ("make", "bash", "sh", "env", "sed", "tr", "id", "dpkg", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for installer in ("apt-get", "wget", "curl", "gpg"):
+        (bin_dir / installer).write_text(f'#!/bin/sh\necho "{installer} $*" >> {calls}\nexit 1\n')
+        (bin_dir / installer).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.pop("SCIPIONCLOUD_PACKER_INSTALL", None)
+    env.update(
+        PATH=str(bin_dir),
+        HOME=str(tmp_path),  # no ~/.aws
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",  # botocore's chain would otherwise ask IMDS
+    )
+    argv = ["make", "--no-print-directory", "-o", ".venv/.installed", "ami"]  # the venv is this test's
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode != 0
+    assert "no AWS credentials found" in done.stderr and "make rehearse" in done.stderr, done.stderr
+    assert not calls.exists(), calls.read_text()
+    assert "install-packer" not in done.stdout + done.stderr

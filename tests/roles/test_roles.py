@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -18,7 +19,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from tests.conftest import REPO, free_port
-from tests.support import hygiene, roles, rootfs
+from tests.support import hygiene, roles, rootfs, systemd_boot
 from tests.support.fake_imdsv2 import FakeImdsV2Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -161,11 +162,27 @@ def test_firstboot_makes_secrets_once_and_sysprep_removes_them(provisioned):
     ssh.mkdir(parents=True)
     (ssh / "authorized_keys").write_text("ssh-ed25519 AAAA test\n")
     (root / "root/.bash_history").write_text("export SECRET=1\n")
-    assert hygiene.audit(root), "the audit must see the secrets before sysprep"
+    # the caches a bake's pip, matplotlib and fontconfig runs leave, next to what the image needs
+    caches = [
+        "root/.cache/pip/http-v2/a",
+        "home/ubuntu/.cache/matplotlib/fontlist-v390.json",
+        "home/ubuntu/.cache/fontconfig/x-le64.cache-9",
+        "home/ubuntu/.cache/pip/selfcheck/b",
+    ]
+    kept = ["home/ubuntu/.config/xfce4/panel.xml", "home/ubuntu/.local/bin/a", "home/ubuntu/Desktop/a"]
+    for path in caches + kept:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("made during the bake\n")
+    audit = hygiene.audit(root)
+    assert {"per-user cache /root/.cache", "per-user cache /home/ubuntu/.cache"} <= {
+        p.replace(str(root), "") for p in audit
+    }, audit
 
     cleaned = rootfs.run_playbook(root, SYSPREP)
     assert cleaned.rc == 0, cleaned.summary()
     assert hygiene.audit(root) == []
+    assert [p for p in caches if (root / p).exists()] == []
+    assert [p for p in kept if not (root / p).exists()] == []
     assert [p for p in listed if (root / p.lstrip("/")).exists()] == []
 
 
@@ -219,3 +236,41 @@ def test_one_desktop_user_for_agent_desktop_and_sysprep(tmp_path, rootfs_tarball
         assert not (root / "home/alice/.vnc/passwd").exists()
         assert (root / "home/bob/.vnc/passwd").exists()
         assert [p for paths in lists.values() for p in paths if (root / p.lstrip("/")).exists()] == []
+
+
+def monotonic(machine, unit: str, prop: str) -> int:
+    value = machine.show(unit, prop)[prop]
+    assert value not in ("", "0"), f"{unit} has no {prop}: it never got there"
+    return int(value)
+
+
+def test_the_image_boots_with_systemd_and_runs_first_boot_before_the_agent(provisioned, tmp_path):
+    """A copy of the configured root filesystem booted with its own systemd as PID 1
+    (tests/support/systemd_boot.py): first boot runs once, after network-online.target and before the
+    agent, which then serves; the machine powers off cleanly."""
+    root, first, _ = provisioned
+    assert first.rc == 0, first.summary()
+    machine_root = tmp_path / "machine"
+    subprocess.run(["cp", "-a", "--reflink=auto", str(root), str(machine_root)], check=True)
+    systemd_boot.point_imds_at(machine_root, f"http://127.0.0.1:{free_port()}")  # off EC2: a closed port
+    with systemd_boot.booted(machine_root, tmp_path / "boot") as machine:
+        state = machine.wait_running(180)
+        failed = machine.run("systemctl", "--failed", "--no-legend", "--plain").stdout
+        firstboot = machine.show("scipioncloud-firstboot.service", "Result", "ActiveState")
+        agent = machine.show("scipioncloud-agent.service", "ActiveState", "SubState")
+        online = monotonic(machine, "network-online.target", "ActiveEnterTimestampMonotonic")
+        firstboot_start = monotonic(
+            machine, "scipioncloud-firstboot.service", "ExecMainStartTimestampMonotonic"
+        )
+        firstboot_end = monotonic(machine, "scipioncloud-firstboot.service", "ExecMainExitTimestampMonotonic")
+        agent_start = monotonic(machine, "scipioncloud-agent.service", "ExecMainStartTimestampMonotonic")
+        token = machine.run("test", "-s", "/etc/scipioncloud/agent.token").returncode
+    console = machine.console()
+    assert "Powering off." in console, console[-2000:]
+    assert (firstboot["Result"], firstboot["ActiveState"]) == ("success", "active"), console[-3000:]
+    assert (agent["ActiveState"], agent["SubState"]) == ("active", "running"), console[-3000:]
+    assert online <= firstboot_start < firstboot_end <= agent_start
+    assert token == 0  # first boot made the agent's token
+    assert "scipioncloud" not in failed, failed
+    assert state in ("running", "degraded"), (state, failed)
+    assert (machine_root / "var/lib/scipioncloud/firstboot.done").exists()

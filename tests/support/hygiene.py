@@ -32,6 +32,9 @@ def audit(root: Path) -> list[str]:
         for name in (".bash_history", ".python_history"):
             if (home / name).exists():
                 problems.append(f"shell history {home / name}")
+        # pip, matplotlib, fontconfig, ... of the bake's own runs (roles/sysprep: sysprep_user_cache_names)
+        if (home / ".cache").exists():
+            problems.append(f"per-user cache {home / '.cache'}")
     machine_id = root / "etc/machine-id"
     if not machine_id.exists() or machine_id.stat().st_size != 0:
         problems.append("machine-id is not an empty file")

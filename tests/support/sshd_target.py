@@ -57,10 +57,16 @@ chmod 600 "$dir/authorized_keys"
 echo "$line"
 """
 
-# Runs inside the namespace, before chroot: /run is the namespace's fresh tmpfs by now.
+# Runs inside the namespace, before chroot: /run is the namespace's fresh tmpfs by now. With cloud_init,
+# /run/cloud-init links to the stages' status files as cloud-init makes it (tests/support/cloud_init_boot.py).
 START = """set -e
-root="$1"; work="$2"; shift 2
+root="$1"; work="$2"; cloud_init="$3"; shift 3
 mkdir -p "$root/run/sshd" "$root/run/rehearsal"
+if [ "$cloud_init" = yes ]; then
+  mkdir -p "$root/run/cloud-init"
+  ln -s ../../var/lib/cloud/data/status.json "$root/run/cloud-init/status.json"
+  ln -s ../../var/lib/cloud/data/result.json "$root/run/cloud-init/result.json"
+fi
 chmod 0755 "$root/run/rehearsal"
 cp "$work/sshd_config" "$work/ssh_host_ed25519_key" "$work/cloud-init-keys" "$root/run/rehearsal/"
 chmod 0600 "$root/run/rehearsal/ssh_host_ed25519_key"
@@ -104,7 +110,9 @@ def add_cloud_user(root: Path, user: str = "ubuntu") -> None:
     sudoers.chmod(0o440)
 
 
-def start(root: Path, work: Path, timeout: float = 20) -> SshdTarget:
+def start(root: Path, work: Path, timeout: float = 20, cloud_init: bool = False) -> SshdTarget:
+    """sshd chrooted into `root`; with `cloud_init`, the target's /run/cloud-init shows cloud-init's stage
+    status files (write them first: tests/support/cloud_init_boot.py), as on an instance that booted it."""
     work.mkdir(parents=True, exist_ok=True)
     add_cloud_user(root)
     port = free_port()
@@ -116,7 +124,9 @@ def start(root: Path, work: Path, timeout: float = 20) -> SshdTarget:
     log_path = work / "sshd.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            rootfs.in_namespace(root, ["sh", "-c", START, "sh", str(root), str(work)]),
+            rootfs.in_namespace(
+                root, ["sh", "-c", START, "sh", str(root), str(work), "yes" if cloud_init else "no"]
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
