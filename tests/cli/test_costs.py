@@ -230,3 +230,9 @@ def test_user_table_from_refresh_is_used_by_default(tmp_path, monkeypatch):
     assert costs.load_table().as_of == "2026-11-30"
     monkeypatch.setenv("SCIPIONCLOUD_PRICE_TABLE", str(costs.TABLE_PATH))
     assert costs.load_table().path == str(costs.TABLE_PATH)
+
+
+def test_estimate_takes_its_many_numbers_by_keyword_only():
+    # eleven positional numbers once made a swapped pair a silent wrong bill
+    with pytest.raises(TypeError):
+        costs.estimate(IRELAND, "g4dn.xlarge", 100, 500)  # type: ignore[misc]
