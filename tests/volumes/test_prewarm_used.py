@@ -33,6 +33,18 @@ def file_extents(path: str) -> list[tuple[int, int]]:
     return ranges
 
 
+def ext4_with_one_movie(loops, tmp_path) -> str:
+    """A 256 MiB ext4 loop device holding one 32 MiB movie (about an eighth of it used)."""
+    device = loops(size_mb=256)
+    sh("mkfs.ext4", "-q", "-F", device)
+    mnt = tmp_path / "mnt" / "vol"
+    mnt.mkdir(parents=True)
+    sh("mount", device, str(mnt))
+    (mnt / "movie.tif").write_bytes(os.urandom(32 * MiB))
+    sh("umount", str(mnt))
+    return device
+
+
 @pytest.mark.parametrize("fstype", ["ext4", "xfs"])
 def test_used_blocks_cover_every_file_and_skip_free_space(loops, tmp_path, storage, fstype):
     device = loops(size_mb=512)
@@ -99,13 +111,7 @@ def test_read_all_on_request_through_the_route_and_the_cli(api, loops, tmp_path,
     from tests.volumes.test_prewarm import wait_for
 
     size = 256 * MiB
-    device = loops(size_mb=256)
-    sh("mkfs.ext4", "-q", "-F", device)
-    mnt = tmp_path / "mnt" / "vol"
-    mnt.mkdir(parents=True)
-    sh("mount", device, str(mnt))
-    (mnt / "movie.tif").write_bytes(os.urandom(32 * MiB))
-    sh("umount", str(mnt))
+    device = ext4_with_one_movie(loops, tmp_path)
     before, name = disk_checksum(device), device.rsplit("/", 1)[1]
 
     used = api.post(f"/v1/volumes/{name}/prewarm")
@@ -135,13 +141,7 @@ def test_read_all_on_request_through_the_route_and_the_cli(api, loops, tmp_path,
 def test_a_checkpoint_counted_in_the_other_mode_starts_over(loops, tmp_path, storage):
     """A full read stopped half-way leaves `done` as a device offset; a used-blocks job must not read it as
     a count of used bytes (that would skip every used block), so it starts from the beginning."""
-    device = loops(size_mb=256)
-    sh("mkfs.ext4", "-q", "-F", device)
-    mnt = tmp_path / "mnt" / "vol"
-    mnt.mkdir(parents=True)
-    sh("mount", device, str(mnt))
-    (mnt / "movie.tif").write_bytes(os.urandom(32 * MiB))
-    sh("umount", str(mnt))
+    device = ext4_with_one_movie(loops, tmp_path)
     used_storage = dataclasses.replace(storage, prewarm_used_only=True)
     found = blockdev.find(used_storage, device)
     manager = prewarm.PrewarmManager(used_storage, aws_status=lambda volume_id: None)
