@@ -36,7 +36,8 @@ INIT_PACKER = (1, 7, 0)  # first Packer with `packer init` and required_plugins
 console = Console(highlight=False, stderr=True)  # Packer's live output; stdout keeps the result
 REHEARSE_HINT = (
     "No AWS account yet? `make rehearse` bakes the same image offline against a local EC2 emulator "
-    "(about 10 minutes, a few more the first time while it builds its Ubuntu root filesystem)"
+    "(about 12 minutes, a few more the first time while it builds the Debian 12 root filesystem that "
+    "stands in for Ubuntu)"
 )
 
 
