@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.desktop import rfb
-from tests.support import rootfs
 from tests.support.desktop import CHROMIUM_FLAGS, free_display
 from tests.support.paths import free_port
 
@@ -206,11 +205,13 @@ def screenshot(
 
 
 def keep(png: Path, name: str) -> Path:
-    """A copy of a screenshot where it outlives pytest's rotating tmp folders (which other runs on the same
-    machine rotate away): $SCIPIONCLOUD_ARTIFACTS, else the test cache's artifacts folder."""
-    folder = Path(os.environ.get("SCIPIONCLOUD_ARTIFACTS") or rootfs.cache_dir() / "artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    kept = folder / name
+    """Where to look at a screenshot after the run: a copy in $SCIPIONCLOUD_ARTIFACTS when it is set (CI's
+    artifacts folder), else the screenshot in the test's own temporary folder (nothing outside it is made)."""
+    folder = os.environ.get("SCIPIONCLOUD_ARTIFACTS")
+    if not folder:
+        return png
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    kept = Path(folder) / name
     shutil.copyfile(png, kept)
     return kept
 
