@@ -247,6 +247,18 @@ class Job:
     restart: threading.Event = field(default_factory=threading.Event)
     interrupt: threading.Event = field(default_factory=threading.Event)  # any of the three: stop fio now
     thread: threading.Thread | None = None
+    rate_window: tuple[float, int] = (0.0, 0)  # (monotonic time, bytes done) where the mb_s window began
+
+    def start_rate_window(self) -> None:
+        self.rate_window = (time.monotonic(), self.done)
+
+    def advance(self, done: int, now: float) -> None:
+        """Progress to `done` bytes; mb_s is the rate over the last half second or more."""
+        self.done = done
+        since, done_then = self.rate_window
+        if now - since >= 0.5:
+            self.mb_s = (done - done_then) / (now - since) / 1e6
+            self.rate_window = (now, done)
 
     def to_json(self) -> dict:
         percent = round(100.0 * self.done / self.size, 2) if self.size else 100.0
@@ -488,7 +500,7 @@ class PrewarmManager:
         checkpoint = Checkpoint(job.identity, job.size, job.done, mode="all", read_all=job.read_all)
         self.store.save(checkpoint)
         aligned_end = job.size // BLOCK * BLOCK
-        window_start, window_done = time.monotonic(), job.done
+        job.start_rate_window()
         while job.done < job.size:
             job.restart.clear()
             job.interrupt.clear()
@@ -501,12 +513,9 @@ class PrewarmManager:
             last_save = time.monotonic()
 
             def progress(read: int, offset: int = offset, bs: int = bs) -> None:
-                nonlocal last_save, window_start, window_done
-                job.done = offset + read
+                nonlocal last_save
                 now = time.monotonic()
-                if now - window_start >= 0.5:
-                    job.mb_s = (job.done - window_done) / (now - window_start) / 1e6
-                    window_start, window_done = now, job.done
+                job.advance(offset + read, now)
                 if now - last_save >= CHECKPOINT_S / 2:  # every status; fio's own interval sets the pace
                     # Reads still in flight may complete out of order: resume behind them.
                     checkpoint.done = max(offset, (offset + read - IODEPTH * bs) // bs * bs)

@@ -205,7 +205,7 @@ def run_job(manager, job, ranges: list[tuple[int, int]], checkpoint_cls) -> None
     job.state = "running"
     checkpoint = checkpoint_cls(job.identity, device_size, job.done, mode="used")
     manager.store.save(checkpoint)
-    window_start, window_done = time.monotonic(), job.done
+    job.start_rate_window()
     while job.done < job.size and not (job.cancel.is_set() or job.shutdown.is_set()):
         job.restart.clear()
         job.interrupt.clear()
@@ -216,12 +216,9 @@ def run_job(manager, job, ranges: list[tuple[int, int]], checkpoint_cls) -> None
         safe = [start]
 
         def progress(read: int, prefix: int, start: int = start, safe: list[int] = safe) -> None:
-            nonlocal window_start, window_done, last_save
-            job.done = start + read
+            nonlocal last_save
             now = time.monotonic()
-            if now - window_start >= 0.5:
-                job.mb_s = (job.done - window_done) / (now - window_start) / 1e6
-                window_start, window_done = now, job.done
+            job.advance(start + read, now)
             if now - last_save >= 1.0:
                 checkpoint.done = start + prefix  # ranges run in parallel: only the completed prefix
                 manager.store.save(checkpoint)

@@ -92,3 +92,16 @@ def test_replace_keeps_mode_and_a_backup_of_the_old_file(tmp_path):
     assert path.read_text() == new
     assert (path.stat().st_mode & 0o777) == 0o644
     assert (tmp_path / "fstab.scipioncloud.bak").read_text() == old
+
+
+def test_a_jobs_rate_is_measured_over_half_a_second_or_more():
+    job = prewarm.Job("j", "vol", "id", "/dev/x", size=100_000_000, logical_block_size=512, volume_id=None)
+    job.rate_window = (10.0, 0)
+    job.advance(1_000_000, 10.2)  # too soon to say
+    assert job.done == 1_000_000 and job.mb_s is None
+    job.advance(25_000_000, 10.5)
+    assert job.mb_s == 50.0 and job.rate_window == (10.5, 25_000_000)
+    job.advance(30_000_000, 10.9)  # the next window starts where the last ended
+    assert job.mb_s == 50.0
+    job.advance(55_000_000, 11.5)
+    assert job.mb_s == 30.0 and job.to_json()["eta_s"] is None  # queued: no ETA
