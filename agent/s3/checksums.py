@@ -120,6 +120,13 @@ def object_algorithm(head: dict) -> str | None:
     return None
 
 
+def metadata(head: dict) -> dict[str, str]:
+    """An object's user metadata with lower-case names: HTTP header names are case-blind, S3 sends them in
+    lower case, and S3-compatible servers written in Go (rclone serve s3) as `X-Amz-Meta-Scipioncloud-...`,
+    which botocore hands on as sent."""
+    return {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+
+
 def object_checksum(head: dict) -> str | None:
     algorithm = object_algorithm(head)
     return head.get(f"Checksum{algorithm}") if algorithm else None
@@ -129,7 +136,7 @@ def object_layout(head: dict) -> tuple[int | None, bool]:
     """(part size, multipart?) of an object from its HeadObject answer: our metadata, else single part."""
     checksum = object_checksum(head) or ""
     multipart = "-" in checksum or "-" in (head.get("ETag") or "")
-    meta = head.get("Metadata") or {}
+    meta = metadata(head)
     part_size = int(meta[PART_SIZE_META]) if meta.get(PART_SIZE_META, "").isdigit() else None
     return part_size, multipart
 

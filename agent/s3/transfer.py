@@ -42,6 +42,11 @@ MAX_PARTS = 10_000  # S3's most parts per upload
 DEFAULT_PART = 64 * MiB  # a part is in memory only while a worker sends it: 8 x 64 MiB at most
 DEFAULT_CONCURRENCY = 8
 SINGLE_GET_MAX = 256 * MiB  # single-part objects up to this size come in one GET (verified as they arrive)
+# A GET's body is read in pieces of this size. Each read makes new buffers of its size (http.client, then
+# urllib3); at 1 MiB glibc maps and unmaps them from the kernel every time, and zeroing those fresh pages
+# cost a pull more system CPU than the download itself (bench/bench_data.py, docs/data.md: 1.4 GB pulled
+# with 3.1 s of system CPU at 1 MiB, 1.5 s at 256 KiB).
+READ_CHUNK = 256 * 1024
 PARTIAL_SUFFIX = ".scipioncloud-partial"  # a pull in progress; renamed into place once verified
 INCOMPLETE = "did not complete (an unexpected error, see the log); run again (it resumes)"
 
@@ -89,6 +94,8 @@ class Totals:
     transferred: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # unchanged since the last run
     failed: dict[str, str] = field(default_factory=dict)
+    # moved, but no end-to-end check was possible: the server kept or confirmed no checksum of ours
+    unverified: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     on_bytes: Callable[[int], None] = field(default=lambda n: None, repr=False)
     started: float = field(default_factory=time.monotonic)
@@ -118,6 +125,7 @@ class Totals:
             "transferred": self.transferred,
             "skipped": self.skipped,
             "failed": self.failed,
+            "unverified": self.unverified,
         }
 
 
@@ -214,7 +222,7 @@ def head(client, bucket: str, key: str) -> dict | None:
 def unchanged(item: PushItem, remote: dict | None) -> bool:
     if remote is None or remote.get("ContentLength") != item.size:
         return False
-    return (remote.get("Metadata") or {}).get(sums.MTIME_META) == str(item.mtime_ns)
+    return sums.metadata(remote).get(sums.MTIME_META) == str(item.mtime_ns)
 
 
 class Pusher:
@@ -279,9 +287,24 @@ class Pusher:
         }
         if self.storage_class:
             params["StorageClass"] = self.storage_class
-        self.client.put_object(**params)
+        answer = self.client.put_object(**params)
+        self._confirmed(item.key, answer, sums.b64(digest))
         self.totals.add(item.size)
         return {"key": item.key, "checksum": sums.b64(digest), "size": item.size}
+
+    def _confirmed(self, key: str, answer: dict, sent: str) -> None:
+        """S3 answers an upload with the object's checksum, which it compared with ours. A server that
+        answers without it is asked once more (HeadObject); one that reports another checksum fails the file,
+        one that keeps none (S3-compatible servers after a multipart upload) leaves the object unverified,
+        and the run says so."""
+        got = answer.get(f"Checksum{sums.ALGORITHM}")
+        if got is None:
+            got = sums.object_checksum(head(self.client, self.bucket, key) or {})
+        if got is None:
+            with self.totals.lock:
+                self.totals.unverified.append(key)
+        elif not sums.same(sent, got):
+            raise TransferFailed(f"{key}: the server reports checksum {got}, the file's is {sent}")
 
     def _start_multipart(self, item: PushItem, state_path: Path, part_size: int) -> tuple[str, dict]:
         """(upload id, {part number: checksum} already in S3) - resumed from the state file when it
@@ -421,7 +444,7 @@ class Pusher:
                 whole = sums.full_object(
                     [(p["digest"], length) for p, (_, length) in zip(ordered, layout, strict=True)]
                 )
-                self.client.complete_multipart_upload(
+                answer = self.client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=item.key,
                     UploadId=upload_id,
@@ -434,6 +457,7 @@ class Pusher:
                     },
                     **{f"Checksum{sums.ALGORITHM}": whole},
                 )
+                self._confirmed(item.key, answer, whole)
             except FileChanged:
                 self._abort({"bucket": self.bucket, "key": item.key, "upload_id": upload_id})
                 state_path.unlink(missing_ok=True)
@@ -580,6 +604,7 @@ class Puller:
         self.concurrency = max(1, concurrency)
         self.limiter = limiter or TokenBucket(None)
         self.totals = totals or Totals()
+        self._finishers: ThreadPoolExecutor | None = None
 
     def pull_many(self, jobs: list[tuple[RemoteObject, Path]]) -> dict[str, str]:
         """Fetch each (object, destination); {destination: checksum} of those verified and in place."""
@@ -598,7 +623,9 @@ class Puller:
         with (
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="pull") as pool,
             ThreadPoolExecutor(preparers, thread_name_prefix="pull-head") as heads,
+            ThreadPoolExecutor(preparers, thread_name_prefix="pull-finish") as finishers,
         ):
+            self._finishers = finishers
             prepared: set[Future] = set()
             parts: list[Future] = []
             for obj, dest in jobs:
@@ -711,6 +738,8 @@ class Puller:
             results[str(dest)] = expected or ""
             with self.totals.lock:
                 self.totals.transferred.append(obj.key)
+                if not expected:  # nothing to compare with: say so rather than pass it as verified
+                    self.totals.unverified.append(obj.key)
 
         def part_done(number: int) -> None:
             with lock:
@@ -721,11 +750,19 @@ class Puller:
                     state["done"] = sorted(done)
                     _write_json(state_path, state)
             if last and not failed.is_set():
-                try:
-                    finish()
-                except (OSError, TransferFailed) as exc:
-                    failed.set()
-                    self._failed(dest, exc)
+                # verify, fsync and rename in a pool of their own: a download worker that waited for the
+                # disk here would leave its connection idle (bench/bench_data.py, docs/data.md)
+                if self._finishers is not None:
+                    self._finishers.submit(finish_or_fail)
+                else:
+                    finish_or_fail()
+
+        def finish_or_fail() -> None:
+            try:
+                finish()
+            except (OSError, TransferFailed) as exc:
+                failed.set()
+                self._failed(dest, exc)
 
         def run_part(number: int, offset: int, length: int) -> None:
             if failed.is_set():
@@ -742,7 +779,7 @@ class Puller:
                 position = offset
                 hasher = (sums.Crc64() if crc else hashlib.sha256()) if streaming else None
                 with open(partial, "r+b", buffering=0) as handle:
-                    for chunk in body.iter_chunks(1024 * 1024):
+                    for chunk in body.iter_chunks(READ_CHUNK):
                         os.pwrite(handle.fileno(), chunk, position)
                         if hasher is not None:
                             hasher.update(chunk)

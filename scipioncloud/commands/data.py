@@ -73,6 +73,11 @@ def summary_text(verb: str, result: dict) -> str:
         text += f"; {result['parts_resumed']} part(s) resumed from an earlier run"
     for path, reason in result["failed"].items():
         text += f"\nfailed: {path}: {reason}"
+    if result["unverified"]:
+        text += (
+            f"\nWARNING: {len(result['unverified'])} file(s) moved but not verified end to end: the server "
+            f"keeps or confirms no checksum for them (e.g. {result['unverified'][0]})"
+        )
     return text
 
 
@@ -110,7 +115,7 @@ def push(run, source, target, bwlimit, concurrency, part_size_mb, storage_class,
     with progress_bar(run, "push", totals.bytes_total, totals):
         pusher.push_many(items)
     result = totals.to_json()
-    run.out.emit({"target": str(url), **result}, text=summary_text("sent", result))
+    run.out.emit({"target": str(url), "bucket": bucket_state, **result}, text=summary_text("sent", result))
     if totals.failed:
         raise SystemExit(1)
 
