@@ -175,8 +175,11 @@ def run_endpoint(label: str, server, base: Path, src: Path, args, s5cmd: str, aw
     import boto3
     from botocore.config import Config
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(server.env(), XDG_STATE_HOME=str(base / "state"), PYTHONPATH=str(REPO))
+    # Our modules from compiled bytecode, as an installed CLI runs them (pip compiles them on install),
+    # kept in the run's own folder rather than beside the sources.
+    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
     admin = boto3.client(
         "s3",
         endpoint_url=server.url,

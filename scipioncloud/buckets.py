@@ -131,11 +131,7 @@ def _secure(s3, bucket: str, kms_key: str | None, existed: bool, done: list[str]
         },
     )
     done.append("default encryption " + rule["SSEAlgorithm"])
-    now = describe(s3, bucket)
-    if not (now["public_access_blocked"] and now["encryption"]):
-        # S3-compatible servers (rclone serve s3) accept these settings and keep none of them
-        done.append("WARNING: the server accepted the settings but does not report them; check them yourself")
-    return {"bucket": bucket, "existed": existed, "done": done, **now}
+    return {"bucket": bucket, "existed": existed, "done": done, **describe(s3, bucket)}
 
 
 def describe(s3, bucket: str) -> dict:

@@ -635,6 +635,7 @@ class Puller:
                     parts.extend(f for d in done for f in d.result())
             parts.extend(f for d in prepared for f in d.result())
             wait(parts)
+        self._finishers = None
         for _obj, dest in jobs:  # every file is in place or failed: none may go missing without a word
             if str(dest) not in results and str(dest) not in self.totals.failed:
                 self._failed(dest, TransferFailed(INCOMPLETE))
