@@ -25,22 +25,27 @@ FAKE_CREDENTIALS = {
 }
 
 
+def endpoint_env(url: str, credentials: dict[str, str], region: str) -> dict[str, str]:
+    """Environment that points boto3 (AWS_ENDPOINT_URL) and our CLI at one local endpoint only: no IMDS, no
+    user config or credentials files."""
+    return {
+        **credentials,
+        "AWS_ENDPOINT_URL": url,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
 @dataclass
 class MotoServer:
     url: str
     process: subprocess.Popen
 
     def env(self, region: str = "eu-west-1") -> dict[str, str]:
-        """Environment that points boto3 (AWS_ENDPOINT_URL) and our CLI at this emulator only."""
-        return {
-            **FAKE_CREDENTIALS,
-            "AWS_ENDPOINT_URL": self.url,
-            "AWS_DEFAULT_REGION": region,
-            "AWS_REGION": region,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
+        return endpoint_env(self.url, FAKE_CREDENTIALS, region)
 
     def reset(self) -> None:
         requests.post(self.url + "/moto-api/reset", timeout=10).raise_for_status()

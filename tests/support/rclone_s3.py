@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import moto_server, processes
+
 KEY = "testing"  # the endpoint's own local credentials, nothing else accepts them
 
 
@@ -31,24 +33,11 @@ class RcloneS3:
     process: subprocess.Popen
 
     def env(self, region: str = "eu-west-1") -> dict[str, str]:
-        return {
-            "AWS_ACCESS_KEY_ID": KEY,
-            "AWS_SECRET_ACCESS_KEY": KEY,
-            "AWS_ENDPOINT_URL": self.url,
-            "AWS_DEFAULT_REGION": region,
-            "AWS_REGION": region,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
+        credentials = {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": KEY}
+        return moto_server.endpoint_env(self.url, credentials, region)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
 
 
 def start(root: Path, log_path: Path) -> RcloneS3:
