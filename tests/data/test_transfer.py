@@ -416,3 +416,38 @@ def test_objects_of_earlier_versions_sha256_still_pull_verified(cli_env, s3, tmp
     code, out = cli_json(cli_env, "data", "pull", "s3://lab-movies/old", str(dest))
     assert code == 0 and out["failed"] == {}, out
     assert tree(dest) == tree(src)
+
+
+def test_an_upload_is_confirmed_by_the_servers_checksum_or_reported_unverified(s3, tmp_path):
+    """The upload's answer must carry the checksum S3 computed; moto's CompleteMultipartUpload answer has
+    none (S3's has), so the push asks HeadObject. Another checksum fails the file; none at all (a server
+    that keeps no checksum) is reported, not passed as verified."""
+    from agent.s3 import transfer
+    from agent.s3.errors import TransferFailed
+
+    s3.create_bucket(Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    movie = make_movie(tmp_path / "m.tif", 12 * MiB, seed=3)
+    mine = crt_crc64(movie)
+    s3.put_object(Bucket="lab-movies", Key="kept", Body=movie.read_bytes(), ChecksumAlgorithm="CRC64NVME",
+                  ChecksumCRC64NVME=mine)  # fmt: skip
+    s3.put_object(Bucket="lab-movies", Key="bare", Body=b"no CRC64NVME or SHA-256 of ours")
+    totals = transfer.Totals()
+    pusher = transfer.Pusher(s3, "lab-movies", state_dir=tmp_path / "state", totals=totals)
+
+    pusher._confirmed("kept", {"ChecksumCRC64NVME": mine}, mine)
+    pusher._confirmed("kept", {}, mine)  # no checksum in the answer: HeadObject has it
+    assert totals.unverified == []
+    with pytest.raises(TransferFailed, match="the server reports checksum"):
+        pusher._confirmed("kept", {"ChecksumCRC64NVME": "AAAAAAAAAAA="}, mine)
+    with pytest.raises(TransferFailed, match="the server reports checksum"):
+        pusher._confirmed("kept", {}, "AAAAAAAAAAA=")
+    pusher._confirmed("bare", {}, mine)
+    assert totals.unverified == ["bare"]
+
+    # the whole push: multipart through moto (its completion answer has no checksum), confirmed by HEAD
+    items, _ = transfer.plan_push(s3, tmp_path / "m.tif", transfer.S3Url("lab-movies", "run/m.tif"))
+    pushed = transfer.Totals()
+    state = tmp_path / "state"
+    multipart = transfer.Pusher(s3, "lab-movies", state_dir=state, part_size=5 * MiB, totals=pushed)
+    multipart.push_many(items)
+    assert pushed.transferred == ["run/m.tif"] and pushed.unverified == [] and pushed.failed == {}
