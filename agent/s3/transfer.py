@@ -31,6 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from agent.s3 import checksums as sums
+from agent.s3 import sink
 from agent.s3.errors import BadRequest, TransferFailed
 from agent.s3.ratelimit import TokenBucket
 
@@ -42,11 +43,6 @@ MAX_PARTS = 10_000  # S3's most parts per upload
 DEFAULT_PART = 64 * MiB  # a part is in memory only while a worker sends it: 8 x 64 MiB at most
 DEFAULT_CONCURRENCY = 8
 SINGLE_GET_MAX = 256 * MiB  # single-part objects up to this size come in one GET (verified as they arrive)
-# A GET's body is read in pieces of this size. Each read makes new buffers of its size (http.client, then
-# urllib3); at 1 MiB glibc maps and unmaps them from the kernel every time, and zeroing those fresh pages
-# cost a pull more system CPU than the download itself (bench/bench_data.py, docs/data.md: 1.4 GB pulled
-# with 3.1 s of system CPU at 1 MiB, 1.5 s at 256 KiB).
-READ_CHUNK = 256 * 1024
 PARTIAL_SUFFIX = ".scipioncloud-partial"  # a pull in progress; renamed into place once verified
 INCOMPLETE = "did not complete (an unexpected error, see the log); run again (it resumes)"
 
@@ -776,15 +772,9 @@ class Puller:
                     Range=f"bytes={offset}-{offset + length - 1}",
                     IfMatch=remote["ETag"],
                 )
-                body = answer["Body"]
-                position = offset
                 hasher = (sums.Crc64() if crc else hashlib.sha256()) if streaming else None
-                with open(partial, "r+b", buffering=0) as handle:
-                    for chunk in body.iter_chunks(READ_CHUNK):
-                        os.pwrite(handle.fileno(), chunk, position)
-                        if hasher is not None:
-                            hasher.update(chunk)
-                        position += len(chunk)
+                with sink.PartFile(partial) as into:
+                    position = sink.receive(answer["Body"], length, into, offset, hasher)
                 if hasher is not None:
                     digests[number] = hasher.digest()
                 if position != offset + length:
