@@ -7,13 +7,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from agent.s3 import costs as s3costs
 from agent.s3 import transfer
@@ -41,6 +34,8 @@ def progress_bar(run, description: str, total: int, totals: transfer.Totals):
     if run.out.as_json or not run.out.err.is_terminal:
         yield
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
     columns = (
         "[progress.description]{task.description}",
         BarColumn(),

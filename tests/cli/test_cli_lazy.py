@@ -48,3 +48,19 @@ def test_known_regions_read_from_the_endpoint_table_are_boto3s_ec2_regions():
         expected.update(session.get_available_regions("ec2", partition_name=partition))
     assert known_regions(session) == expected
     assert {"eu-west-1", "us-east-1", "cn-north-1", "us-gov-west-1"} <= expected
+
+
+def test_json_output_never_loads_rich():
+    # rich is a tenth of the start-up a `data pull --json` pays on every run; only a terminal needs it.
+    probe = (
+        "import sys\n"
+        "from scipioncloud.output import Output\n"
+        "out = Output(as_json=True)\n"
+        "out.info('narration')\n"
+        "with out.progress('snapshot') as report:\n"
+        "    report(50)\n"
+        "out.emit({'ok': True})\n"
+        "print('rich' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["{", '  "ok": true', "}", "False"]
