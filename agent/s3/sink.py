@@ -39,7 +39,9 @@ _local = threading.local()
 
 
 def worker_buffer() -> memoryview:
-    """This thread's receive buffer: page-aligned (mmap), as O_DIRECT needs, and reused for every part."""
+    """This thread's receive buffer, reused for every part: page-aligned, as O_DIRECT needs, and a shared
+    mapping (mmap's default), because O_DIRECT into a private one while the process forks can corrupt data
+    (open(2), NOTES), and the agent starts programs while it pulls."""
     buffer = getattr(_local, "buffer", None)
     if buffer is None:
         buffer = _local.buffer = memoryview(mmap.mmap(-1, BUFFER))

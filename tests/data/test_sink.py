@@ -3,6 +3,7 @@ past the page cache where the filesystem allows, and buffered where it does not.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import io
@@ -138,3 +139,20 @@ def test_a_pulled_movie_is_on_disk_not_in_memory(cli_env, s3, tmp_path):
         assert cached_bytes(dest / name) <= sink.ALIGN, name  # the file's unaligned tail at most
         assert (dest / name).read_bytes() == (src / name).read_bytes()
     assert transfer.PARTIAL_SUFFIX not in "".join(p.name for p in dest.iterdir())
+
+
+def test_the_receive_buffer_is_aligned_and_safe_across_fork():
+    # open(2) NOTES: O_DIRECT I/O into a private mapping while the process forks may corrupt data; the
+    # agent runs programs (fork) while it pulls. The kernel's own map of this process says which it is.
+    buffer = sink.worker_buffer()
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    assert address % sink.ALIGN == 0 and len(buffer) % sink.ALIGN == 0
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, perms = line.split()[:2]
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end:
+            assert perms.endswith("s"), line  # shared, not private ('p')
+            break
+    else:
+        raise AssertionError("the buffer is in no mapping of this process")
+    assert sink.worker_buffer() is buffer  # one per thread, reused
