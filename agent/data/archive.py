@@ -3,7 +3,10 @@
 The order is the safety: (1) the project says the movie is aligned and no active run still reads it, the
 policy covers it and its delay has passed; (2) upload in the policy's storage class; (3) verify: the object's
 size and S3's checksum (CRC64NVME; SHA-256 for objects of earlier versions) against a fresh read of the file,
-and the file unchanged since the upload began; (4) write the manifest entry and the placeholder
+and the file unchanged since the upload began. S3's checksum is S3's own word only on an endpoint that checks
+the checksums it is sent (agent/s3/probe.py); on one that keeps them unchecked the object is also read back
+and compared, and a Glacier or Deep Archive movie goes up in STANDARD, is read back, and is then copied into
+its class; (4) write the manifest entry and the placeholder
 (`<movie>.s3.json`, what and where); (5) only then unlink the movie. A failure at any step leaves the
 movie where it was."""
 
@@ -18,16 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from agent.data import policy as policy_mod
 from agent.data import scipion
 from agent.s3 import checksums as sums
 from agent.s3 import costs as s3costs
-from agent.s3 import transfer
+from agent.s3 import probe, transfer
 
 log = logging.getLogger(__name__)
 PLACEHOLDER_SUFFIX = ".s3.json"
+# Classes whose objects cannot be read without a restore: on an endpoint that does not check the checksums it
+# is sent, a movie for them is uploaded in STANDARD, read back, and only then copied into its class.
+NOT_READABLE = ("GLACIER", "DEEP_ARCHIVE")
+COPY_MAX = 5 * 1024**3  # CopyObject's largest object; bigger ones need a multipart copy
 
 
 @dataclass
@@ -193,18 +200,26 @@ class Archiver:
             return self._record_and_free(
                 manifest, pol, path, key, st, verify(client, pol.bucket, key, path, st)
             )
+        read_back_first = pol.storage_class in NOT_READABLE and not probe.checks_checksums(client, pol.bucket)
+        if read_back_first and st.st_size > COPY_MAX:
+            raise VerifyError(
+                f"{path}: the endpoint does not check the checksums it is sent, and a movie over 5 GiB "
+                f"cannot be read back and then moved to {pol.storage_class}; not archiving it"
+            )
         totals = transfer.Totals()
         pusher = transfer.Pusher(
             client,
             pol.bucket,
             state_dir=self.folder / "uploads",
-            storage_class=pol.storage_class,
+            storage_class=None if read_back_first else pol.storage_class,
             totals=totals,
         )
         pusher.push_many([transfer.PushItem(path, key, st.st_size, st.st_mtime_ns)])
         if totals.failed:
             raise transfer.TransferFailed(next(iter(totals.failed.values())))
         checksum = verify(client, pol.bucket, key, path, st)
+        if read_back_first:
+            move_to_class(client, pol.bucket, key, pol.storage_class, st.st_size, checksum)
         return self._record_and_free(manifest, pol, path, key, st, checksum)
 
     def _record_and_free(self, manifest, pol, path: Path, key: str, st: os.stat_result, checksum: str) -> int:
@@ -341,7 +356,53 @@ def verify(client, bucket: str, key: str, path: Path, before: os.stat_result) ->
         raise VerifyError(f"{path} changed while it was being archived")
     if not sums.same(local, remote):
         raise VerifyError(f"checksum of s3://{bucket}/{key} ({remote}) differs from {path} ({local})")
+    if not probe.checks_checksums(client, bucket):
+        read_back(client, bucket, key, head, path)
     return local
+
+
+def read_back(client, bucket: str, key: str, head: dict, path: Path) -> None:
+    """The endpoint keeps whatever checksum it is sent without checking the bytes (agent/s3/probe.py), so the
+    checksum it reports is our own number echoed: read the object back and compare its bytes with the file's
+    (CRC64NVME of both). Raises VerifyError when they differ or the object cannot be read now."""
+    storage = head.get("StorageClass") or "STANDARD"
+    if storage in NOT_READABLE or head.get("ArchiveStatus"):
+        raise VerifyError(
+            f"s3://{bucket}/{key}: the endpoint does not check the checksums it is sent, and a {storage} "
+            f"object cannot be read back to compare; not freeing {path}"
+        )
+    crc = sums.Crc64()
+    local = sums.file_checksum(path, None, False)
+    differ = (
+        f"the bytes of s3://{bucket}/{key}, read back, differ from {path} although the endpoint reports a "
+        "matching checksum; not freeing"
+    )
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, IfMatch=head["ETag"])["Body"]
+        for chunk in body.iter_chunks(sums.READ_CHUNK):
+            crc.update(chunk)
+    except FlexibleChecksumError:  # botocore compared the answer with the (echoed) checksum itself
+        raise VerifyError(differ) from None
+    if sums.b64(crc.digest()) != local:
+        raise VerifyError(differ)
+
+
+def move_to_class(client, bucket: str, key: str, storage_class: str, size: int, checksum: str) -> None:
+    """Copy a verified object onto itself in `storage_class` (the endpoint copies the stored bytes itself),
+    then check that it is there in that class with the same size and checksum."""
+    client.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        StorageClass=storage_class,
+        MetadataDirective="COPY",
+        ChecksumAlgorithm=sums.ALGORITHM,
+    )
+    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    if (head.get("StorageClass"), head["ContentLength"]) != (storage_class, size) or not sums.same(
+        checksum, sums.object_checksum(head)
+    ):
+        raise VerifyError(f"s3://{bucket}/{key} is not in {storage_class} with its bytes after the copy")
 
 
 def recorded_checksum(entry: dict) -> str | None:

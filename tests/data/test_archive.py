@@ -172,6 +172,10 @@ def test_deep_archive_restore_waits_for_glacier(tmp_path, movies, bucket, s3):
     client, _ = agent(tmp_path, [policy(project, storage_class="DEEP_ARCHIVE", keep=[])])
     done = client.post("/v1/data/projects/p1/archive", headers=AUTH).get_json()
     assert len(done["archived"]) == 4
+    # moto keeps any checksum it is sent (agent/s3/probe.py): each movie went up in STANDARD, was read back
+    # and compared, then copied into DEEP_ARCHIVE; the probe left nothing behind.
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert len(listed) == 4 and {o["StorageClass"] for o in listed} == {"DEEP_ARCHIVE"}
     quote = client.post("/v1/data/projects/p1/restore", json={"tier": "Bulk"}, headers=AUTH).get_json()
     (line,) = quote["quote"]["lines"]
     assert line["storage_class"] == "DEEP_ARCHIVE" and line["hours"] == [48, 48] and line["restore_needed"]

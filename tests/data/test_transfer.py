@@ -17,6 +17,7 @@ from botocore.httpchecksum import CrtCrc64NvmeChecksum
 
 from agent.s3 import checksums as sums
 from tests.data.conftest import MiB, cli_json, make_movie, run_cli
+from tests.support.s3_proxy import S3Proxy
 
 pytestmark = pytest.mark.integration
 
@@ -284,58 +285,21 @@ def test_a_given_bucket_is_made_private_and_encrypted(cli_env, s3, tmp_path):
     assert s3.get_bucket_encryption(Bucket="old-bucket")["ServerSideEncryptionConfiguration"]["Rules"]
 
 
-class CorruptingProxy:
-    """A loopback HTTP proxy between boto3 and moto that flips the first byte of every GET body whose path
-    names a `bad` key: S3's bytes damaged on the way, which moto itself never does. Everything else passes
-    through unchanged (headers, HEAD answers with their checksums, listings)."""
+class CorruptingProxy(S3Proxy):
+    """Flips the first byte of every GET body whose path names a `bad` key: S3's bytes damaged on the way,
+    which moto itself never does. Everything else passes through unchanged (headers, HEAD answers with their
+    checksums, listings)."""
 
     def __init__(self, upstream: str) -> None:
-        import http.client
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import urlsplit
-
-        target = urlsplit(upstream)
         self.corrupted = 0
-        proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def flip(method: str, path: str, status: int, data: bytes) -> bytes:
+            if method == "GET" and status in (200, 206) and "bad" in path and data:
+                self.corrupted += 1
+                return bytes([data[0] ^ 0xFF]) + data[1:]
+            return data
 
-            def log_message(self, *args) -> None:
-                pass
-
-            def forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
-                answer = upstream.getresponse()
-                data = answer.read()
-                upstream.close()
-                if self.command == "GET" and answer.status in (200, 206) and "bad" in self.path and data:
-                    data = bytes([data[0] ^ 0xFF]) + data[1:]
-                    proxy.corrupted += 1
-                self.send_response(answer.status)
-                skip = {"content-length", "transfer-encoding", "connection", "date", "server"}
-                for name, value in answer.getheaders():
-                    if name.lower() not in skip:
-                        self.send_header(name, value)
-                self.send_header("Content-Length", answer.getheader("Content-Length", str(len(data))))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # a free port, never a fixed one
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(upstream, alter=flip)
 
 
 def test_bytes_damaged_on_the_way_fail_the_pull_loudly_and_leave_nothing(cli_env, s3, tmp_path):

@@ -1,0 +1,128 @@
+"""Archive frees a movie only when the stored bytes are known to be the file's: on an endpoint that checks
+the checksums it is sent (Amazon S3), S3's checksum says so; on one that keeps any checksum it is given
+(moto, `rclone serve s3`), the reported checksum is our own echoed, so the object is read back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from agent.data import archive
+from agent.s3 import checksums as sums
+from agent.s3 import probe
+from tests.data.conftest import MiB, make_movie
+from tests.support import rclone_s3
+from tests.support.s3_proxy import S3Proxy, s3_error
+
+pytestmark = pytest.mark.integration
+
+
+def checking_proxy(upstream: str) -> S3Proxy:
+    """Stand-in for Amazon S3's check of an upload (S3 user guide, "Checking object integrity": S3 computes
+    the checksum itself and refuses a mismatch with 400 BadDigest) in front of moto, which does not check:
+    a PUT whose body's CRC64NVME differs from its x-amz-checksum-crc64nvme header is refused."""
+
+    def refuse(method: str, path: str, headers: dict, body: bytes):
+        sent = {k.lower(): v for k, v in headers.items()}.get("x-amz-checksum-crc64nvme")
+        if method == "PUT" and sent and sent != sums.b64(sums.part_digest(body)):
+            return 400, s3_error(
+                "BadDigest", "The CRC64NVME you specified did not match the calculated checksum."
+            )
+        return None
+
+    return S3Proxy(upstream, refuse=refuse)
+
+
+@pytest.fixture(autouse=True)
+def unknown_endpoints(monkeypatch):
+    monkeypatch.setattr(probe, "_known", {})  # each test asks its endpoint afresh
+
+
+@pytest.fixture
+def rclone(tmp_path):
+    server = rclone_s3.start(tmp_path / "rclone-root", tmp_path / "rclone.log")
+    yield server
+    server.stop()
+
+
+def client_for(url: str, env: dict):
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="eu-west-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def upload(client, key: str, movie: Path, *, damaged: bool = False, **extra) -> None:
+    """The movie's bytes with its CRC64NVME, as our uploads send them; `damaged`: one byte flipped, which is
+    what a transfer damaged on the way leaves on an endpoint that does not check."""
+    data = bytearray(movie.read_bytes())
+    if damaged:
+        data[len(data) // 2] ^= 0xFF
+    checksum = sums.file_checksum(movie, None, False)
+    client.put_object(Bucket="lab-movies", Key=key, Body=bytes(data), ChecksumAlgorithm=sums.ALGORITHM,
+                      ChecksumCRC64NVME=checksum, **extra)  # fmt: skip
+
+
+@pytest.mark.parametrize("endpoint", ["moto", "rclone"])
+def test_an_endpoint_that_keeps_any_checksum_is_found_out_and_the_object_read_back(
+    endpoint, aws_env, rclone, tmp_path
+):
+    if endpoint == "moto":
+        client = boto3.client("s3")
+        client.create_bucket(
+            Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+    else:
+        client = client_for(rclone.url, rclone.env())
+        client.create_bucket(Bucket="lab-movies")
+    assert probe.checks_checksums(client, "lab-movies") is False
+    assert "Contents" not in client.list_objects_v2(Bucket="lab-movies")  # the probe left nothing behind
+
+    movie = make_movie(tmp_path / "mov_00.tif", 3 * MiB + 11, seed=4)
+    upload(client, "archive/mov_00.tif", movie, damaged=True)
+    head = client.head_object(Bucket="lab-movies", Key="archive/mov_00.tif", ChecksumMode="ENABLED")
+    assert sums.object_checksum(head) == sums.file_checksum(movie, None, False)  # the echo: it proves nothing
+    with pytest.raises(archive.VerifyError, match="read back"):
+        archive.verify(client, "lab-movies", "archive/mov_00.tif", movie, movie.stat())
+    assert movie.exists()
+
+    upload(client, "archive/mov_00.tif", movie)
+    assert archive.verify(client, "lab-movies", "archive/mov_00.tif", movie, movie.stat())
+
+
+def test_an_endpoint_that_checks_is_trusted_without_reading_back(aws_env, tmp_path):
+    proxy = checking_proxy(aws_env["AWS_ENDPOINT_URL"])
+    try:
+        client = client_for(proxy.url, aws_env)
+        client.create_bucket(
+            Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+        assert probe.checks_checksums(client, "lab-movies") is True
+        assert "Contents" not in client.list_objects_v2(Bucket="lab-movies")  # the probe was refused
+        movie = make_movie(tmp_path / "mov_00.tif", 3 * MiB + 11, seed=4)
+        with pytest.raises(client.exceptions.ClientError, match="BadDigest"):
+            upload(client, "archive/mov_00.tif", movie, damaged=True)  # refused, as S3 does
+        upload(client, "archive/mov_00.tif", movie)
+        proxy.requests.clear()
+        assert archive.verify(client, "lab-movies", "archive/mov_00.tif", movie, movie.stat())
+        assert [m for m, _ in proxy.requests] == ["HEAD"]  # S3's word, no read back (no retrieval fee)
+    finally:
+        proxy.close()
+
+
+def test_a_glacier_object_on_an_endpoint_that_does_not_check_is_not_freed(aws_env, tmp_path):
+    # It cannot be read back without a restore: the agent uploads such movies in STANDARD, reads them back,
+    # then copies them into the class (tests/data/test_archive.py); one already there stays unfreed.
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    movie = make_movie(tmp_path / "mov_00.tif", MiB, seed=5)
+    upload(client, "k", movie, StorageClass="DEEP_ARCHIVE")
+    with pytest.raises(archive.VerifyError, match="cannot be read back"):
+        archive.verify(client, "lab-movies", "k", movie, movie.stat())
+    assert movie.exists() and os.path.getsize(movie) == MiB
