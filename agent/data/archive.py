@@ -200,7 +200,9 @@ class Archiver:
             return self._record_and_free(
                 manifest, pol, path, key, st, verify(client, pol.bucket, key, path, st)
             )
-        read_back_first = pol.storage_class in NOT_READABLE and not probe.checks_checksums(client, pol.bucket)
+        read_back_first = pol.storage_class in NOT_READABLE and not probe.checks_checksums(
+            client, pol.bucket, key
+        )
         if read_back_first and st.st_size > COPY_MAX:
             raise VerifyError(
                 f"{path}: the endpoint does not check the checksums it is sent, and a movie over 5 GiB "
@@ -356,7 +358,7 @@ def verify(client, bucket: str, key: str, path: Path, before: os.stat_result) ->
         raise VerifyError(f"{path} changed while it was being archived")
     if not sums.same(local, remote):
         raise VerifyError(f"checksum of s3://{bucket}/{key} ({remote}) differs from {path} ({local})")
-    if not probe.checks_checksums(client, bucket):
+    if not probe.checks_checksums(client, bucket, key):
         read_back(client, bucket, key, head, path)
     return local
 

@@ -7,31 +7,42 @@ store the value they are given without checking it: moto (moto/s3/responses.py `
 request's header as is) and `rclone serve s3` 1.75 (tests/data/test_checksum_probe.py). There, HeadObject
 returns our own number back, and a comparison with it proves nothing about the bytes.
 
-The probe asks once per endpoint and bucket: it uploads a small object under a reserved key with a checksum
-that is deliberately wrong. Refused with BadDigest: the endpoint checks. Accepted: it does not, and the probe
-object is deleted at once. Anything else (no permission, another error): not known to check, which callers
-treat like "does not" (the safe side)."""
+The probe asks once per endpoint and bucket: it uploads a small object with a checksum that is deliberately
+wrong, beside the object being checked (where the caller may write: a lab's bucket policy may allow only its
+archive prefix). Refused with BadDigest: the endpoint checks. Accepted: it does not, and the probe object is
+deleted at once. Anything else (no permission, another error): not known to check, which callers treat like
+"does not" (the safe side), and the next call asks again."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from agent.s3 import checksums as sums
 
-PROBE_KEY = ".scipioncloud/checksum-probe"
+PROBE_NAME = ".scipioncloud-checksum-probe"
 PROBE_BODY = b"scipioncloud: does this endpoint check x-amz-checksum-crc64nvme?\n"
 WRONG = sums.b64(sums.part_digest(b"not the probe's bytes"))
 # the error codes S3-compatible servers give to bytes that do not match the checksum sent with them
 MISMATCH_CODES = {"BadDigest", "XAmzContentChecksumMismatch"}
 
+log = logging.getLogger(__name__)
 _known: dict[tuple[str, str], bool] = {}
 _lock = threading.Lock()
 
 
-def checks_checksums(client, bucket: str) -> bool:
-    """True when the endpoint refuses an upload whose bytes do not match its x-amz-checksum-crc64nvme."""
+def probe_key(beside: str) -> str:
+    """The probe's key, in the same folder as the key `beside`."""
+    folder = beside.rpartition("/")[0]
+    return f"{folder}/{PROBE_NAME}" if folder else PROBE_NAME
+
+
+def checks_checksums(client, bucket: str, beside: str = "") -> bool:
+    """True when the endpoint refuses an upload whose bytes do not match its x-amz-checksum-crc64nvme. The
+    probe object is written next to the key `beside`."""
+    key = probe_key(beside)
     cache_key = (client.meta.endpoint_url, bucket)
     with _lock:
         if cache_key in _known:
@@ -39,7 +50,7 @@ def checks_checksums(client, bucket: str) -> bool:
         try:
             client.put_object(  # sent as our uploads send theirs
                 Bucket=bucket,
-                Key=PROBE_KEY,
+                Key=key,
                 Body=PROBE_BODY,
                 ChecksumAlgorithm=sums.ALGORITHM,
                 ChecksumCRC64NVME=WRONG,
@@ -51,7 +62,10 @@ def checks_checksums(client, bucket: str) -> bool:
         except BotoCoreError:
             return False
         else:
-            client.delete_object(Bucket=bucket, Key=PROBE_KEY)
             answer = False
+            try:
+                client.delete_object(Bucket=bucket, Key=key)
+            except (ClientError, BotoCoreError) as exc:  # the answer stands; the 66-byte probe stays
+                log.warning("could not delete the checksum probe s3://%s/%s: %s", bucket, key, exc)
         _known[cache_key] = answer
         return answer

@@ -5,7 +5,7 @@ arrives), and it fsyncs every file before the rename that puts it in place. Writ
 each byte is first copied into a fresh cache page and then written back by the kernel, and the fsync waits
 for that writeback anyway; on a pull of terabytes the dirty pages also push out the memory Scipion's jobs
 use. Written directly, the bytes go from one reused buffer per worker to the disk. On 1.4 GB pulled from
-moto this took the pull's system CPU from 2.5-3.7 s to 0.6-1.0 s and its time from 2.7-3.1 s to 1.7-1.8 s
+moto this took the pull's system CPU from 2.5-3.7 s to 0.6-1.0 s and its time from 2.7-3.1 s to 1.7-2.1 s
 (bench/bench_data.py; docs/data.md "Figures").
 
 The body is received straight into that buffer (http.client's readinto, under botocore's StreamingBody and

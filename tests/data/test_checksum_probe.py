@@ -81,7 +81,7 @@ def test_an_endpoint_that_keeps_any_checksum_is_found_out_and_the_object_read_ba
     else:
         client = client_for(rclone.url, rclone.env())
         client.create_bucket(Bucket="lab-movies")
-    assert probe.checks_checksums(client, "lab-movies") is False
+    assert probe.checks_checksums(client, "lab-movies", "archive/mov_00.tif") is False
     assert "Contents" not in client.list_objects_v2(Bucket="lab-movies")  # the probe left nothing behind
 
     movie = make_movie(tmp_path / "mov_00.tif", 3 * MiB + 11, seed=4)
@@ -103,7 +103,7 @@ def test_an_endpoint_that_checks_is_trusted_without_reading_back(aws_env, tmp_pa
         client.create_bucket(
             Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
         )
-        assert probe.checks_checksums(client, "lab-movies") is True
+        assert probe.checks_checksums(client, "lab-movies", "archive/mov_00.tif") is True
         assert "Contents" not in client.list_objects_v2(Bucket="lab-movies")  # the probe was refused
         movie = make_movie(tmp_path / "mov_00.tif", 3 * MiB + 11, seed=4)
         with pytest.raises(client.exceptions.ClientError, match="BadDigest"):
@@ -126,3 +126,32 @@ def test_a_glacier_object_on_an_endpoint_that_does_not_check_is_not_freed(aws_en
     with pytest.raises(archive.VerifyError, match="cannot be read back"):
         archive.verify(client, "lab-movies", "k", movie, movie.stat())
     assert movie.exists() and os.path.getsize(movie) == MiB
+
+
+def test_a_probe_refused_for_another_reason_is_no_answer(aws_env):
+    # A bucket policy that allows writes only under the archive prefix: the probe goes beside the movie, and
+    # a refusal for any other reason than the checksum is not taken as "checks" nor remembered.
+    refusing = True
+    written = []
+
+    def policy(method: str, path: str, headers: dict, body: bytes):
+        if method == "PUT" and probe.PROBE_NAME in path:
+            written.append(path)
+            if refusing:
+                return 403, s3_error("AccessDenied", "Access Denied")
+        return None
+
+    proxy = S3Proxy(aws_env["AWS_ENDPOINT_URL"], refuse=policy)
+    try:
+        client = client_for(proxy.url, aws_env)
+        client.create_bucket(
+            Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+        assert probe.checks_checksums(client, "lab-movies", "archive/p1/mov_00.tif") is False
+        refusing = False
+        assert probe.checks_checksums(client, "lab-movies", "archive/p1/mov_00.tif") is False  # asked again
+        assert written == ["/lab-movies/archive/p1/.scipioncloud-checksum-probe"] * 2
+        assert probe.checks_checksums(client, "lab-movies", "archive/p1/mov_01.tif") is False
+        assert len(written) == 2  # answered now: remembered for the endpoint and bucket
+    finally:
+        proxy.close()
