@@ -13,7 +13,7 @@ import pytest
 from agent.data import archive
 from agent.s3 import checksums as sums
 from agent.s3 import probe
-from tests.data.conftest import MiB, make_movie
+from tests.data.conftest import MiB, cli_json, make_movie, run_cli
 from tests.support import rclone_s3
 from tests.support.s3_proxy import S3Proxy, s3_error
 
@@ -155,3 +155,22 @@ def test_a_probe_refused_for_another_reason_is_no_answer(aws_env):
         assert len(written) == 2  # answered now: remembered for the endpoint and bucket
     finally:
         proxy.close()
+
+
+def test_a_push_says_whether_the_endpoint_checked_what_it_was_sent(aws_env, cli_env, tmp_path):
+    src = tmp_path / "movies"
+    make_movie(src / "mov_00.tif", MiB, seed=6)
+    proxy = checking_proxy(aws_env["AWS_ENDPOINT_URL"])
+    try:
+        checked = {**cli_env, "AWS_ENDPOINT_URL": proxy.url}
+        code, out = cli_json(checked, "data", "push", str(src), "s3://lab-movies/s1", "--create-bucket")
+        assert code == 0 and out["transferred"] == ["s1/mov_00.tif"], out
+        assert out["endpoint_checks_checksums"] is True
+    finally:
+        proxy.close()
+    # moto itself keeps any checksum it is sent: said in --json and as a warning on the terminal
+    result = run_cli(cli_env, "data", "push", str(src), "s3://lab-movies/s2")
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: this endpoint keeps the checksums it is sent without checking the bytes" in result.stdout
+    listed = boto3.client("s3").list_objects_v2(Bucket="lab-movies")["Contents"]
+    assert sorted(o["Key"] for o in listed) == ["s1/mov_00.tif", "s2/mov_00.tif"]  # no probe left behind

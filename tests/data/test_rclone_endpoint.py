@@ -49,9 +49,12 @@ def test_push_and_pull_round_trip_on_rclone_serve_s3(rclone, tmp_path):
     head = s3.head_object(Bucket="lab", Key="run/run2/big.tif", ChecksumMode="ENABLED")
     assert "ChecksumCRC64NVME" not in head and head["ContentLength"] == 12 * MiB + 17
     assert out["unverified"] == ["run/run2/big.tif"]
+    # rclone stores any checksum it is sent (tests/data/test_checksum_probe.py): the push says so
+    assert out["endpoint_checks_checksums"] is False
 
     code, out = cli_json(env, *push)
     assert code == 0 and out["transferred"] == [] and len(out["skipped"]) == 2, out
+    assert out["endpoint_checks_checksums"] is None  # nothing sent, nothing asked
 
     code, out = cli_json(env, "data", "pull", "s3://lab/run", str(tmp_path / "back"), "--part-size-mb", "5")
     assert code == 0, out
