@@ -156,3 +156,29 @@ def test_the_receive_buffer_is_aligned_and_safe_across_fork():
     else:
         raise AssertionError("the buffer is in no mapping of this process")
     assert sink.worker_buffer() is buffer  # one per thread, reused
+
+
+def test_the_copy_path_gives_its_connection_back_too(s3, tmp_path):
+    # A body botocore wraps (here: its check of the answer's checksum, asked with ChecksumMode) is read
+    # through botocore; read to its end, its connection goes back to the pool for the next GET.
+    src = make_movie(tmp_path / "movie.tif", ODD, seed=7)
+    s3.create_bucket(Bucket="sink", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.upload_file(str(src), "sink", "movie.tif", ExtraArgs={"ChecksumAlgorithm": "CRC64NVME"})
+    client = boto3.client("s3")
+    new_connections = []
+    real_new_conn = urllib3.connectionpool.HTTPConnectionPool._new_conn
+
+    def counted(pool):
+        new_connections.append(pool)
+        return real_new_conn(pool)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(urllib3.connectionpool.HTTPConnectionPool, "_new_conn", counted)
+        for n in range(2):
+            dest = empty_file(tmp_path / f"back{n}.tif", ODD)
+            body = client.get_object(Bucket="sink", Key="movie.tif", ChecksumMode="ENABLED")["Body"]
+            assert sink._socket_reader(body) is None  # botocore's checksum-checking body: the copy path
+            with sink.PartFile(dest) as into:
+                assert sink.receive(body, ODD, into, 0) == ODD
+            assert dest.read_bytes() == src.read_bytes()
+    assert len(new_connections) == 1
