@@ -188,18 +188,23 @@ class Archiver:
         for other, entry in manifest.load().items():
             if entry.get("key") == key and entry.get("bucket") == pol.bucket and other != str(path):
                 raise VerifyError(f"s3://{pol.bucket}/{key} already holds {other}; not overwriting it")
-        if transfer.head(client, pol.bucket, key) is not None:
+        existing = transfer.head(client, pol.bucket, key)
+        if existing is not None:
             # Something is there already (an earlier run that stopped before freeing, or a stranger):
             # reuse it only if it is this very file, never overwrite it.
             try:
-                verify(client, pol.bucket, key, path, st)
+                checksum = verify(client, pol.bucket, key, path, st)
             except VerifyError as exc:
                 raise VerifyError(
                     f"{exc}; an object with other bytes is at that key, not overwriting"
                 ) from None
-            return self._record_and_free(
-                manifest, pol, path, key, st, verify(client, pol.bucket, key, path, st)
-            )
+            if (
+                pol.storage_class in NOT_READABLE
+                and existing.get("StorageClass", "STANDARD") != pol.storage_class
+            ):
+                # an earlier run went up in STANDARD to read it back, and stopped before the copy
+                move_to_class(client, pol.bucket, key, pol.storage_class, st.st_size, checksum)
+            return self._record_and_free(manifest, pol, path, key, st, checksum)
         read_back_first = pol.storage_class in NOT_READABLE and not probe.checks_checksums(
             client, pol.bucket, key
         )

@@ -242,6 +242,20 @@ def test_never_overwrites_an_object_with_other_bytes(tmp_path, movies, bucket, s
     assert data_metrics(client)[("scipioncloud_data_transfer_errors_total", "restore")] == 1
 
 
+def test_a_run_stopped_before_the_copy_into_deep_archive_is_finished(tmp_path, movies, bucket, s3):
+    # On an endpoint that does not check checksums (moto), a Deep Archive movie goes up in STANDARD first;
+    # a run that stopped there leaves it in STANDARD. The next run verifies it and copies it into its class.
+    project = make_project(tmp_path, "p1", movies, [{}])
+    movie = movies / "mov_01.tif"
+    s3.put_object(Bucket=bucket, Key="archive/p1/mov_01.tif", Body=movie.read_bytes(),
+                  ChecksumAlgorithm="CRC64NVME")  # fmt: skip
+    client, _ = agent(tmp_path, [policy(project, storage_class="DEEP_ARCHIVE")])
+    done = client.post("/v1/data/projects/p1/archive", headers=AUTH).get_json()
+    assert done["failed"] == {} and str(movie) in done["archived"], done
+    head = s3.head_object(Bucket=bucket, Key="archive/p1/mov_01.tif")
+    assert head["StorageClass"] == "DEEP_ARCHIVE" and not movie.exists()
+
+
 def test_a_project_that_cannot_be_read_is_a_503_not_a_500(tmp_path, bucket):
     client, _ = agent(tmp_path, [{"path": str(tmp_path / "nowhere"), "bucket": bucket, "name": "gone"}])
     for method, url in (("get", "plan"), ("post", "archive")):

@@ -71,7 +71,7 @@ def upload(client, key: str, movie: Path, *, damaged: bool = False, **extra) -> 
 
 @pytest.mark.parametrize("endpoint", ["moto", "rclone"])
 def test_an_endpoint_that_keeps_any_checksum_is_found_out_and_the_object_read_back(
-    endpoint, aws_env, rclone, tmp_path
+    endpoint, aws_env, request, tmp_path
 ):
     if endpoint == "moto":
         client = boto3.client("s3")
@@ -79,6 +79,7 @@ def test_an_endpoint_that_keeps_any_checksum_is_found_out_and_the_object_read_ba
             Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
         )
     else:
+        rclone = request.getfixturevalue("rclone")  # started only for this case
         client = client_for(rclone.url, rclone.env())
         client.create_bucket(Bucket="lab-movies")
     assert probe.checks_checksums(client, "lab-movies", "archive/mov_00.tif") is False
