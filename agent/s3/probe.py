@@ -42,6 +42,11 @@ def probe_key(beside: str) -> str:
 def checks_checksums(client, bucket: str, beside: str = "") -> bool:
     """True when the endpoint refuses an upload whose bytes do not match its x-amz-checksum-crc64nvme. The
     probe object is written next to the key `beside`."""
+    return endpoint_checks(client, bucket, beside) is True
+
+
+def endpoint_checks(client, bucket: str, beside: str = "") -> bool | None:
+    """checks_checksums, with None when the probe got no answer (refused for another reason)."""
     key = probe_key(beside)
     cache_key = (client.meta.endpoint_url, bucket)
     with _lock:
@@ -57,10 +62,10 @@ def checks_checksums(client, bucket: str, beside: str = "") -> bool:
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in MISMATCH_CODES:
-                return False  # refused for another reason: not known this time, asked again next time
+                return None  # refused for another reason: not known this time, asked again next time
             answer = True
         except BotoCoreError:
-            return False
+            return None
         else:
             answer = False
             try:

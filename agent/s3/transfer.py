@@ -31,7 +31,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from agent.s3 import checksums as sums
-from agent.s3 import sink
+from agent.s3 import probe, sink
 from agent.s3.errors import BadRequest, TransferFailed
 from agent.s3.ratelimit import TokenBucket
 
@@ -246,6 +246,15 @@ class Pusher:
         self.storage_class = storage_class
         self.extra_metadata = extra_metadata or {}
         self.totals = totals or Totals()
+        self._endpoint_checks: list[bool | None] = []  # the probe's answer, asked once per run
+        self._probe_lock = threading.Lock()
+
+    def endpoint_checks(self, beside: str) -> bool | None:
+        """Does the endpoint check the checksums it is sent (agent/s3/probe.py)? None: not known."""
+        with self._probe_lock:
+            if not self._endpoint_checks:
+                self._endpoint_checks.append(probe.endpoint_checks(self.client, self.bucket, beside))
+            return self._endpoint_checks[0]
 
     # one file, its parts in the pool
     def _metadata(self, item: PushItem, part_size: int | None) -> dict[str, str]:
@@ -292,7 +301,12 @@ class Pusher:
         """S3 answers an upload with the object's checksum, which it compared with ours. A server that
         answers without it is asked once more (HeadObject); one that reports another checksum fails the file,
         one that keeps none (S3-compatible servers after a multipart upload) leaves the object unverified,
-        and the run says so."""
+        and the run says so. An endpoint that stores checksums without checking them (moto, rclone) would
+        only echo ours back: nothing is asked, and the object is unverified."""
+        if self.endpoint_checks(key) is False:
+            with self.totals.lock:
+                self.totals.unverified.append(key)
+            return
         got = answer.get(f"Checksum{sums.ALGORITHM}")
         if got is None:
             got = sums.object_checksum(head(self.client, self.bucket, key) or {})

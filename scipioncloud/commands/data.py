@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from agent.s3 import costs as s3costs
-from agent.s3 import probe, transfer
+from agent.s3 import transfer
 from agent.s3.ratelimit import TokenBucket, parse_rate
 from scipioncloud import buckets
 from scipioncloud.commands.common import command
@@ -68,16 +68,16 @@ def summary_text(verb: str, result: dict) -> str:
         text += f"; {result['parts_resumed']} part(s) resumed from an earlier run"
     for path, reason in result["failed"].items():
         text += f"\nfailed: {path}: {reason}"
-    if result["unverified"]:
+    if result.get("endpoint_checks_checksums") is False:
+        text += (
+            f"\nWARNING: {len(result['unverified'])} file(s) sent but not checked on arrival: this endpoint "
+            "keeps the checksums it is sent without checking the bytes; `data pull` checks the bytes against "
+            "them, archive reads them back"
+        )
+    elif result["unverified"]:
         text += (
             f"\nWARNING: {len(result['unverified'])} file(s) moved but not verified end to end: the server "
             f"keeps or confirms no checksum for them (e.g. {result['unverified'][0]})"
-        )
-    if result.get("endpoint_checks_checksums") is False:
-        text += (
-            "\nWARNING: this endpoint keeps the checksums it is sent without checking the bytes, so the "
-            "upload was not checked on arrival; `data pull` checks the bytes against them, archive reads "
-            "them back"
         )
     return text
 
@@ -115,8 +115,9 @@ def push(run, source, target, bwlimit, concurrency, part_size_mb, storage_class,
     )
     with progress_bar(run, "push", totals.bytes_total, totals):
         pusher.push_many(items)
-    # Whether the endpoint checked what it was sent, or only stored our checksums (agent/s3/probe.py).
-    checked = probe.checks_checksums(client, url.bucket, items[0].key) if totals.transferred else None
+    # Whether the endpoint checked what it was sent, or only stored our checksums (agent/s3/probe.py); the
+    # pusher asked when it confirmed the first upload.
+    checked = pusher.endpoint_checks(items[0].key) is True if totals.transferred else None
     result = {**totals.to_json(), "endpoint_checks_checksums": checked}
     run.out.emit({"target": str(url), "bucket": bucket_state, **result}, text=summary_text("sent", result))
     if totals.failed:

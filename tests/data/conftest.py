@@ -63,3 +63,13 @@ def run_cli(env: dict, *args: str, check: bool = False) -> subprocess.CompletedP
 def cli_json(env: dict, *args: str) -> tuple[int, dict]:
     result = run_cli(env, *args, "--json")
     return result.returncode, json.loads(result.stdout)
+
+
+def client_for(url: str, env: dict):
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="eu-west-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )

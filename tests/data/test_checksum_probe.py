@@ -13,27 +13,11 @@ import pytest
 from agent.data import archive
 from agent.s3 import checksums as sums
 from agent.s3 import probe
-from tests.data.conftest import MiB, cli_json, make_movie, run_cli
+from tests.data.conftest import MiB, cli_json, client_for, make_movie, run_cli
 from tests.support import rclone_s3
-from tests.support.s3_proxy import S3Proxy, s3_error
+from tests.support.s3_proxy import S3Proxy, checking_proxy, s3_error
 
 pytestmark = pytest.mark.integration
-
-
-def checking_proxy(upstream: str) -> S3Proxy:
-    """Stand-in for Amazon S3's check of an upload (S3 user guide, "Checking object integrity": S3 computes
-    the checksum itself and refuses a mismatch with 400 BadDigest) in front of moto, which does not check:
-    a PUT whose body's CRC64NVME differs from its x-amz-checksum-crc64nvme header is refused."""
-
-    def refuse(method: str, path: str, headers: dict, body: bytes):
-        sent = {k.lower(): v for k, v in headers.items()}.get("x-amz-checksum-crc64nvme")
-        if method == "PUT" and sent and sent != sums.b64(sums.part_digest(body)):
-            return 400, s3_error(
-                "BadDigest", "The CRC64NVME you specified did not match the calculated checksum."
-            )
-        return None
-
-    return S3Proxy(upstream, refuse=refuse)
 
 
 @pytest.fixture(autouse=True)
@@ -46,16 +30,6 @@ def rclone(tmp_path):
     server = rclone_s3.start(tmp_path / "rclone-root", tmp_path / "rclone.log")
     yield server
     server.stop()
-
-
-def client_for(url: str, env: dict):
-    return boto3.client(
-        "s3",
-        endpoint_url=url,
-        region_name="eu-west-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
 
 
 def upload(client, key: str, movie: Path, *, damaged: bool = False, **extra) -> None:
@@ -148,12 +122,13 @@ def test_a_probe_refused_for_another_reason_is_no_answer(aws_env):
         client.create_bucket(
             Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
         )
+        assert probe.endpoint_checks(client, "lab-movies", "archive/p1/mov_00.tif") is None
         assert probe.checks_checksums(client, "lab-movies", "archive/p1/mov_00.tif") is False
         refusing = False
-        assert probe.checks_checksums(client, "lab-movies", "archive/p1/mov_00.tif") is False  # asked again
-        assert written == ["/lab-movies/archive/p1/.scipioncloud-checksum-probe"] * 2
+        assert probe.endpoint_checks(client, "lab-movies", "archive/p1/mov_00.tif") is False  # asked again
+        assert written == ["/lab-movies/archive/p1/.scipioncloud-checksum-probe"] * 3
         assert probe.checks_checksums(client, "lab-movies", "archive/p1/mov_01.tif") is False
-        assert len(written) == 2  # answered now: remembered for the endpoint and bucket
+        assert len(written) == 3  # answered now: remembered for the endpoint and bucket
     finally:
         proxy.close()
 
@@ -166,12 +141,19 @@ def test_a_push_says_whether_the_endpoint_checked_what_it_was_sent(aws_env, cli_
         checked = {**cli_env, "AWS_ENDPOINT_URL": proxy.url}
         code, out = cli_json(checked, "data", "push", str(src), "s3://lab-movies/s1", "--create-bucket")
         assert code == 0 and out["transferred"] == ["s1/mov_00.tif"], out
-        assert out["endpoint_checks_checksums"] is True
+        assert out["endpoint_checks_checksums"] is True and out["unverified"] == []
     finally:
         proxy.close()
     # moto itself keeps any checksum it is sent: said in --json and as a warning on the terminal
+    code, out = cli_json(cli_env, "data", "push", str(src), "s3://lab-movies/s2")
+    assert code == 0 and out["endpoint_checks_checksums"] is False and out["unverified"] == ["s2/mov_00.tif"]
+    make_movie(src / "mov_01.tif", MiB, seed=7)
     result = run_cli(cli_env, "data", "push", str(src), "s3://lab-movies/s2")
     assert result.returncode == 0, result.stderr
-    assert "WARNING: this endpoint keeps the checksums it is sent without checking the bytes" in result.stdout
+    assert (
+        "WARNING: 1 file(s) sent but not checked on arrival: this endpoint keeps the checksums it is sent "
+        "without checking the bytes" in result.stdout
+    )
     listed = boto3.client("s3").list_objects_v2(Bucket="lab-movies")["Contents"]
-    assert sorted(o["Key"] for o in listed) == ["s1/mov_00.tif", "s2/mov_00.tif"]  # no probe left behind
+    keys = sorted(o["Key"] for o in listed)
+    assert keys == ["s1/mov_00.tif", "s2/mov_00.tif", "s2/mov_01.tif"]  # no probe left behind

@@ -16,8 +16,8 @@ import pytest
 from botocore.httpchecksum import CrtCrc64NvmeChecksum
 
 from agent.s3 import checksums as sums
-from tests.data.conftest import MiB, cli_json, make_movie, run_cli
-from tests.support.s3_proxy import S3Proxy
+from tests.data.conftest import MiB, cli_json, client_for, make_movie, run_cli
+from tests.support.s3_proxy import S3Proxy, checking_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -382,36 +382,61 @@ def test_objects_of_earlier_versions_sha256_still_pull_verified(cli_env, s3, tmp
     assert tree(dest) == tree(src)
 
 
-def test_an_upload_is_confirmed_by_the_servers_checksum_or_reported_unverified(s3, tmp_path):
+def test_an_upload_is_confirmed_by_the_servers_checksum_or_reported_unverified(aws_env, tmp_path, monkeypatch):
     """The upload's answer must carry the checksum S3 computed; moto's CompleteMultipartUpload answer has
     none (S3's has), so the push asks HeadObject. Another checksum fails the file; none at all (a server
-    that keeps no checksum) is reported, not passed as verified."""
-    from agent.s3 import transfer
+    that keeps no checksum) is reported, not passed as verified. Here moto sits behind a stand-in for S3's
+    own check of what it is sent (tests/support/s3_proxy.py `checking_proxy`)."""
+    from agent.s3 import probe, transfer
     from agent.s3.errors import TransferFailed
 
-    s3.create_bucket(Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    movie = make_movie(tmp_path / "m.tif", 12 * MiB, seed=3)
-    mine = crt_crc64(movie)
-    s3.put_object(Bucket="lab-movies", Key="kept", Body=movie.read_bytes(), ChecksumAlgorithm="CRC64NVME",
-                  ChecksumCRC64NVME=mine)  # fmt: skip
-    s3.put_object(Bucket="lab-movies", Key="bare", Body=b"no CRC64NVME or SHA-256 of ours")
-    totals = transfer.Totals()
-    pusher = transfer.Pusher(s3, "lab-movies", state_dir=tmp_path / "state", totals=totals)
+    monkeypatch.setattr(probe, "_known", {})  # the endpoints of this test are asked afresh
+    proxy = checking_proxy(aws_env["AWS_ENDPOINT_URL"])
+    try:
+        s3 = client_for(proxy.url, aws_env)
+        s3.create_bucket(Bucket="lab-movies", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        movie = make_movie(tmp_path / "m.tif", 12 * MiB, seed=3)
+        mine = crt_crc64(movie)
+        s3.put_object(Bucket="lab-movies", Key="kept", Body=movie.read_bytes(), ChecksumAlgorithm="CRC64NVME",
+                      ChecksumCRC64NVME=mine)  # fmt: skip
+        s3.put_object(Bucket="lab-movies", Key="bare", Body=b"no CRC64NVME or SHA-256 of ours")
+        totals = transfer.Totals()
+        pusher = transfer.Pusher(s3, "lab-movies", state_dir=tmp_path / "state", totals=totals)
 
-    pusher._confirmed("kept", {"ChecksumCRC64NVME": mine}, mine)
-    pusher._confirmed("kept", {}, mine)  # no checksum in the answer: HeadObject has it
-    assert totals.unverified == []
-    with pytest.raises(TransferFailed, match="the server reports checksum"):
-        pusher._confirmed("kept", {"ChecksumCRC64NVME": "AAAAAAAAAAA="}, mine)
-    with pytest.raises(TransferFailed, match="the server reports checksum"):
-        pusher._confirmed("kept", {}, "AAAAAAAAAAA=")
-    pusher._confirmed("bare", {}, mine)
-    assert totals.unverified == ["bare"]
+        pusher._confirmed("kept", {"ChecksumCRC64NVME": mine}, mine)
+        pusher._confirmed("kept", {}, mine)  # no checksum in the answer: HeadObject has it
+        assert totals.unverified == [] and pusher.endpoint_checks("kept") is True
+        with pytest.raises(TransferFailed, match="the server reports checksum"):
+            pusher._confirmed("kept", {"ChecksumCRC64NVME": "AAAAAAAAAAA="}, mine)
+        with pytest.raises(TransferFailed, match="the server reports checksum"):
+            pusher._confirmed("kept", {}, "AAAAAAAAAAA=")
+        pusher._confirmed("bare", {}, mine)
+        assert totals.unverified == ["bare"]
 
-    # the whole push: multipart through moto (its completion answer has no checksum), confirmed by HEAD
-    items, _ = transfer.plan_push(s3, tmp_path / "m.tif", transfer.S3Url("lab-movies", "run/m.tif"))
-    pushed = transfer.Totals()
-    state = tmp_path / "state"
-    multipart = transfer.Pusher(s3, "lab-movies", state_dir=state, part_size=5 * MiB, totals=pushed)
-    multipart.push_many(items)
-    assert pushed.transferred == ["run/m.tif"] and pushed.unverified == [] and pushed.failed == {}
+        # the whole push: multipart (moto's completion answer has no checksum), confirmed by HEAD
+        items, _ = transfer.plan_push(s3, tmp_path / "m.tif", transfer.S3Url("lab-movies", "run/m.tif"))
+        pushed = transfer.Totals()
+        state = tmp_path / "state"
+        multipart = transfer.Pusher(s3, "lab-movies", state_dir=state, part_size=5 * MiB, totals=pushed)
+        proxy.requests.clear()
+        multipart.push_many(items)
+        assert pushed.transferred == ["run/m.tif"] and pushed.unverified == [] and pushed.failed == {}
+        assert ("HEAD", "/lab-movies/run/m.tif") in proxy.requests
+    finally:
+        proxy.close()
+
+    # moto itself stores any checksum it is sent without checking it (agent/s3/probe.py): its answer and
+    # HeadObject would only echo ours, so nothing is asked and the upload is reported unverified
+    echo = S3Proxy(aws_env["AWS_ENDPOINT_URL"])
+    try:
+        s3 = client_for(echo.url, aws_env)
+        items, _ = transfer.plan_push(s3, tmp_path / "m.tif", transfer.S3Url("lab-movies", "echo/m.tif"))
+        pushed = transfer.Totals()
+        unchecked = transfer.Pusher(s3, "lab-movies", state_dir=state, part_size=5 * MiB, totals=pushed)
+        echo.requests.clear()  # planning asked whether the object is there already
+        unchecked.push_many(items)
+        assert pushed.transferred == ["echo/m.tif"] and pushed.unverified == ["echo/m.tif"]
+        assert unchecked.endpoint_checks("echo/m.tif") is False
+        assert not [path for method, path in echo.requests if method == "HEAD" and "m.tif" in path]
+    finally:
+        echo.close()

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from agent.s3 import checksums as sums
+
 # refuse(method, path, headers, body) -> (status, XML body) to answer in the endpoint's place, or None
 Refuse = Callable[[str, str, dict, bytes], "tuple[int, bytes] | None"]
 # alter(method, path, status, body) -> the body to send on
@@ -82,3 +84,19 @@ class S3Proxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def checking_proxy(upstream: str) -> S3Proxy:
+    """Stand-in for Amazon S3's check of an upload (S3 user guide, "Checking object integrity": S3 computes
+    the checksum itself and refuses a mismatch with 400 BadDigest) in front of moto, which does not check:
+    a PUT whose body's CRC64NVME differs from its x-amz-checksum-crc64nvme header is refused."""
+
+    def refuse(method: str, path: str, headers: dict, body: bytes):
+        sent = {k.lower(): v for k, v in headers.items()}.get("x-amz-checksum-crc64nvme")
+        if method == "PUT" and sent and sent != sums.b64(sums.part_digest(body)):
+            return 400, s3_error(
+                "BadDigest", "The CRC64NVME you specified did not match the calculated checksum."
+            )
+        return None
+
+    return S3Proxy(upstream, refuse=refuse)
