@@ -9,8 +9,9 @@ moto this took the pull's system CPU from 2.5-3.7 s to 0.6-1.0 s and its time fr
 (bench/bench_data.py; docs/data.md "Figures").
 
 The body is received straight into that buffer (http.client's readinto, under botocore's StreamingBody and
-urllib3's response: no new bytes object per read) when it is that plain stack; any other body (a
-checksum-validating wrapper, a decoded stream) is read in pieces and copied in.
+urllib3's response: no new bytes object per read) when it is that plain stack, or botocore's
+checksum-validating body when the caller checks the same checksum itself; any other body (a decoded stream,
+a validating one nobody else checks) is read in pieces and copied in.
 
 A filesystem without O_DIRECT (EINVAL at open: FUSE mounts, tmpfs before Linux 6.6), a write not aligned to
 the block (a file's last piece) or a device that wants another alignment gets ordinary buffered writes; the
@@ -25,6 +26,7 @@ import os
 import threading
 from pathlib import Path
 
+from botocore.httpchecksum import StreamingChecksumBody
 from botocore.response import StreamingBody
 from urllib3.response import HTTPResponse
 
@@ -119,10 +121,10 @@ class _Pieces:
         return n
 
 
-def _socket_reader(body) -> tuple[HTTPResponse, http.client.HTTPResponse] | None:
+def _socket_reader(body, checked: bool) -> tuple[HTTPResponse, http.client.HTTPResponse] | None:
     """(urllib3 response, http.client response) under a plain, undecoded botocore body, else None."""
-    if type(body) is not StreamingBody:  # a subclass (botocore's checksum-validating body) reads its own way
-        return None
+    if type(body) is not StreamingBody and not (checked and type(body) is StreamingChecksumBody):
+        return None  # another subclass reads its own way
     raw = getattr(body, "_raw_stream", None)
     fp = getattr(raw, "_fp", None)
     if not isinstance(raw, HTTPResponse) or not isinstance(fp, http.client.HTTPResponse):
@@ -132,11 +134,13 @@ def _socket_reader(body) -> tuple[HTTPResponse, http.client.HTTPResponse] | None
     return raw, fp
 
 
-def receive(body, length: int, into: PartFile, position: int, hasher=None) -> int:
+def receive(body, length: int, into: PartFile, position: int, hasher=None, *, checked: bool = False) -> int:
     """Write up to `length` bytes of `body` into the file from `position`, each piece also fed to `hasher`;
-    returns the position after the last byte received (short of position + length if the body ended)."""
+    returns the position after the last byte received (short of position + length if the body ended).
+    `checked`: the caller compares `hasher` with the object's checksum itself, so botocore's
+    checksum-validating body, which would compute the same checksum a second time, is read past."""
     buffer = worker_buffer()
-    plain = _socket_reader(body)
+    plain = _socket_reader(body, checked)
     reader = plain[1] if plain else _Pieces(body)
     filled = 0
     left = length

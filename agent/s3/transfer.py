@@ -593,6 +593,33 @@ class NoSpace(TransferFailed):
     pass
 
 
+def allocate(partial: Path, dest: Path, size: int) -> None:
+    """A fresh partial file of the object's size: no space fails now, before any download."""
+    partial.unlink(missing_ok=True)
+    with open(partial, "wb") as handle:
+        if size:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    handle.close()
+                    partial.unlink(missing_ok=True)
+                    raise NoSpace(
+                        f"no space for {dest} ({size} bytes) on its filesystem; free space and run again"
+                    ) from None
+                raise
+
+
+def checkable(answer: dict) -> str | None:
+    """The checksum of a HeadObject or GetObject answer that a download can be compared with: None for
+    a SHA-256 of parts of unknown size (an object not uploaded by us), where the per-part checks must do."""
+    expected = sums.object_checksum(answer)
+    part_size, multipart = sums.object_layout(answer)
+    if sums.object_algorithm(answer) != sums.ALGORITHM and multipart and not part_size:
+        return None
+    return expected
+
+
 class Puller:
     """Downloads objects into files: ranged GETs in parallel into `<file>.scipioncloud-partial`, a state
     file beside it lists the finished parts, the whole file is checked against the object's checksum, then
@@ -662,16 +689,73 @@ class Puller:
             self.totals.failed[str(dest)] = message
         log.warning("pull to %s failed: %s", dest, message)
 
+    def _place(self, obj: RemoteObject, dest: Path, partial: Path, expected: str | None, got: str | None,
+               results: dict) -> None:  # fmt: skip
+        """Compare the downloaded file's checksum with the object's, then make it durable and put it in
+        place: fsync, the object's mtime, rename (readers never see a half-written or damaged file)."""
+        if expected and not sums.same(got, expected):
+            partial.unlink(missing_ok=True)
+            partial.with_name(partial.name + ".json").unlink(missing_ok=True)
+            raise TransferFailed(f"{obj.key}: checksum mismatch after download ({got} != {expected})")
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.utime(partial, (obj.last_modified, obj.last_modified))
+        os.replace(partial, dest)
+        results[str(dest)] = expected or ""
+        with self.totals.lock:
+            self.totals.transferred.append(obj.key)
+            if not expected:  # nothing to compare with: say so rather than pass it as verified
+                self.totals.unverified.append(obj.key)
+
+    def _whole(self, obj: RemoteObject, dest: Path, results: dict) -> None:
+        """An object no bigger than a part, in one GET: its answer carries the object's checksum and ETag as
+        HeadObject's would, so no HeadObject is asked (a round trip and a request per file;
+        bench/bench_data.py, docs/data.md "Figures"), and IfMatch holds it to the version that was listed. The
+        checksum is computed as the bytes arrive; nothing to resume in one part: a failed file starts over."""
+        partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            allocate(partial, dest, obj.size)
+            self.limiter.take(obj.size)
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=obj.key, IfMatch=obj.etag, ChecksumMode="ENABLED"
+            )
+            expected = checkable(answer)
+            algorithm = sums.object_algorithm(answer)
+            hasher = None
+            if expected and algorithm == sums.ALGORITHM:
+                hasher = sums.Crc64()
+            elif expected and not sums.object_layout(answer)[1]:
+                hasher = hashlib.sha256()
+            with sink.PartFile(partial) as into:
+                # our hasher is compared with the same checksum botocore's validating body would check
+                position = sink.receive(answer["Body"], obj.size, into, 0, hasher, checked=hasher is not None)
+            if position != obj.size:
+                raise TransferFailed(f"{obj.key}: short read ({position} of {obj.size} bytes)")
+            self.totals.add(obj.size)
+            if hasher is not None:
+                got = sums.b64(hasher.digest())
+            else:  # composite SHA-256 of an earlier version: read the file once
+                got = sums.checksum_like(partial, answer) if expected else None
+            self._place(obj, dest, partial, expected, got, results)
+        except FlexibleChecksumError as exc:  # botocore checked S3's checksum of this answer: damaged
+            partial.unlink(missing_ok=True)
+            self._failed(dest, TransferFailed(f"{obj.key}: checksum mismatch during download ({exc})"))
+        except FAILURES as exc:
+            partial.unlink(missing_ok=True)  # one part: nothing to resume from, no space held
+            self._failed(dest, exc)
+
     def _submit(self, pool: ThreadPoolExecutor, obj: RemoteObject, dest: Path, results: dict) -> list[Future]:
+        if 0 < obj.size <= self.part_size:  # one part: one GET, no HeadObject (see _whole)
+            return [pool.submit(self._whole, obj, dest, results)]
         remote = self.client.head_object(Bucket=self.bucket, Key=obj.key, ChecksumMode="ENABLED")
         algorithm = sums.object_algorithm(remote)
-        expected = sums.object_checksum(remote)
+        expected = checkable(remote)
         object_part, multipart = sums.object_layout(remote)
         crc = algorithm == sums.ALGORITHM
-        if not crc and multipart and not object_part:
-            expected = (
-                None  # SHA-256 of parts of unknown size (not uploaded by us): the per-part checks must do
-            )
         partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
         state_path = partial.with_name(partial.name + ".json")
         # Each part's checksum is computed while its bytes arrive, so the file is verified without reading it
@@ -702,20 +786,7 @@ class Puller:
         ):
             done = set(state.get("done", []))
         else:
-            partial.unlink(missing_ok=True)
-            with open(partial, "wb") as handle:
-                if obj.size:
-                    try:
-                        os.posix_fallocate(handle.fileno(), 0, obj.size)  # ENOSPC now, before any download
-                    except OSError as exc:
-                        if exc.errno == errno.ENOSPC:
-                            handle.close()
-                            partial.unlink(missing_ok=True)
-                            raise NoSpace(
-                                f"no space for {dest} ({obj.size} bytes) on its filesystem; free space and "
-                                "run again"
-                            ) from None
-                        raise
+            allocate(partial, dest, obj.size)
             state = {"key": obj.key, "etag": remote["ETag"], "part_size": part_size, "done": []}
             if len(layout) > 1:  # one part: nothing to resume from (a partial without state starts over)
                 _write_json(state_path, state)
@@ -734,23 +805,8 @@ class Puller:
                     got = sums.composite(ordered) if multipart else sums.b64(ordered[0])
             else:  # parts fetched by an earlier run, or a layout we cannot follow: read the file once
                 got = sums.checksum_like(partial, remote) if expected else None
-            if expected and not sums.same(got, expected):
-                partial.unlink(missing_ok=True)
-                state_path.unlink(missing_ok=True)
-                raise TransferFailed(f"{obj.key}: checksum mismatch after download ({got} != {expected})")
-            fd = os.open(partial, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.utime(partial, (obj.last_modified, obj.last_modified))
-            os.replace(partial, dest)
+            self._place(obj, dest, partial, expected, got, results)
             state_path.unlink(missing_ok=True)
-            results[str(dest)] = expected or ""
-            with self.totals.lock:
-                self.totals.transferred.append(obj.key)
-                if not expected:  # nothing to compare with: say so rather than pass it as verified
-                    self.totals.unverified.append(obj.key)
 
         def part_done(number: int) -> None:
             with lock:

@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 import urllib3.connectionpool
+from botocore.httpchecksum import StreamingChecksumBody
 from botocore.response import StreamingBody
 
 from agent.s3 import checksums as sums
@@ -56,7 +57,7 @@ def test_a_get_is_received_from_the_socket_into_the_file_past_the_page_cache(s3,
         for offset, length in ((0, 2 * MiB), (2 * MiB, ODD - 2 * MiB)):
             ranged = f"bytes={offset}-{offset + length - 1}"
             body = client.get_object(Bucket="sink", Key="movie.tif", Range=ranged)["Body"]
-            assert sink._socket_reader(body) is not None  # botocore's plain body: the socket path
+            assert sink._socket_reader(body, False) is not None  # botocore's plain body: the socket path
             crc = sums.Crc64()
             with sink.PartFile(dest) as into:
                 assert into.is_direct  # the test's filesystem takes O_DIRECT (ext4, xfs; tmpfs since 6.6)
@@ -75,7 +76,7 @@ def test_any_other_body_is_copied_in_and_a_short_one_stops_where_it_ended(tmp_pa
     data = os.urandom(ODD)
     dest = empty_file(tmp_path / "f", ODD)
     body = StreamingBody(io.BytesIO(data), len(data))  # not over urllib3: the copy path
-    assert sink._socket_reader(body) is None
+    assert sink._socket_reader(body, False) is None
     crc = sums.Crc64()
     with sink.PartFile(dest) as into:
         assert sink.receive(body, ODD, into, 0, crc) == ODD
@@ -177,8 +178,27 @@ def test_the_copy_path_gives_its_connection_back_too(s3, tmp_path):
         for n in range(2):
             dest = empty_file(tmp_path / f"back{n}.tif", ODD)
             body = client.get_object(Bucket="sink", Key="movie.tif", ChecksumMode="ENABLED")["Body"]
-            assert sink._socket_reader(body) is None  # botocore's checksum-checking body: the copy path
+            assert sink._socket_reader(body, False) is None  # botocore's checksum-checking body: copied
             with sink.PartFile(dest) as into:
                 assert sink.receive(body, ODD, into, 0) == ODD
             assert dest.read_bytes() == src.read_bytes()
     assert len(new_connections) == 1
+
+
+def test_a_checking_body_is_read_from_the_socket_when_the_caller_checks_the_same_checksum(s3, tmp_path):
+    # A pull's one-part GET asks for the object's checksum (ChecksumMode), so botocore wraps the body to check
+    # it; the Puller computes that same CRC64NVME as the bytes arrive and compares it, so the body is read
+    # from the socket and botocore's second pass over the bytes is left out.
+    src = make_movie(tmp_path / "movie.tif", ODD, seed=8)
+    s3.create_bucket(Bucket="sink", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.upload_file(str(src), "sink", "movie.tif", ExtraArgs={"ChecksumAlgorithm": "CRC64NVME"})
+    client = boto3.client("s3", config=transfer.client_config())
+    answer = client.get_object(Bucket="sink", Key="movie.tif", ChecksumMode="ENABLED")
+    body = answer["Body"]
+    assert type(body) is StreamingChecksumBody and sink._socket_reader(body, True) is not None
+    dest = empty_file(tmp_path / "back.tif", ODD)
+    crc = sums.Crc64()
+    with sink.PartFile(dest) as into:
+        assert sink.receive(body, ODD, into, 0, crc, checked=True) == ODD
+    assert sums.b64(crc.digest()) == answer["ChecksumCRC64NVME"] == sums.file_checksum(src, None, False)
+    assert dest.read_bytes() == src.read_bytes()

@@ -382,7 +382,9 @@ def test_objects_of_earlier_versions_sha256_still_pull_verified(cli_env, s3, tmp
     assert tree(dest) == tree(src)
 
 
-def test_an_upload_is_confirmed_by_the_servers_checksum_or_reported_unverified(aws_env, tmp_path, monkeypatch):
+def test_an_upload_is_confirmed_by_the_servers_checksum_or_reported_unverified(
+    aws_env, tmp_path, monkeypatch
+):
     """The upload's answer must carry the checksum S3 computed; moto's CompleteMultipartUpload answer has
     none (S3's has), so the push asks HeadObject. Another checksum fails the file; none at all (a server
     that keeps no checksum) is reported, not passed as verified. Here moto sits behind a stand-in for S3's
@@ -440,3 +442,36 @@ def test_an_upload_is_confirmed_by_the_servers_checksum_or_reported_unverified(a
         assert not [path for method, path in echo.requests if method == "HEAD" and "m.tif" in path]
     finally:
         echo.close()
+
+
+def test_a_one_part_object_comes_in_one_get_without_a_head_and_as_it_was_listed(cli_env, s3, tmp_path):
+    # A file no bigger than a part: its GET's answer carries the checksum and ETag HeadObject would give, so
+    # no HeadObject is asked; a bigger one needs it (the whole object's checksum, the ETag its ranges keep).
+    from agent.s3 import transfer
+
+    src = tmp_path / "movies"
+    make_movie(src / "a.tif", 2 * MiB, seed=1)
+    make_movie(src / "b.tif", 5 * MiB, seed=2)  # exactly a part
+    make_movie(src / "big.tif", 11 * MiB, seed=3)
+    code, out = cli_json(cli_env, "data", "push", str(src), "s3://lab-movies/run", "--create-bucket",
+                         "--part-size-mb", "5")  # fmt: skip
+    assert code == 0, out
+    proxy = S3Proxy(cli_env["AWS_ENDPOINT_URL"])
+    try:
+        code, out = cli_json({**cli_env, "AWS_ENDPOINT_URL": proxy.url}, "data", "pull", "s3://lab-movies/run",
+                             str(tmp_path / "back"), "--part-size-mb", "5")  # fmt: skip
+    finally:
+        proxy.close()
+    assert code == 0 and out["failed"] == {} and out["unverified"] == [], out
+    assert tree(tmp_path / "back") == tree(src)
+    assert [path for method, path in proxy.requests if method == "HEAD"] == ["/lab-movies/run/big.tif"]
+    gets = [path.rpartition("/")[2] for method, path in proxy.requests if method == "GET" and "/run/" in path]
+    assert sorted(gets) == ["a.tif", "b.tif", "big.tif", "big.tif", "big.tif"]
+
+    # Replaced after the listing: IfMatch holds the GET to the listed version, and nothing is put in place.
+    listed = transfer.list_objects(s3, transfer.S3Url("lab-movies", "run/a.tif"))
+    s3.put_object(Bucket="lab-movies", Key="run/a.tif", Body=b"a newer, shorter movie")
+    totals = transfer.Totals()
+    dest = tmp_path / "again" / "a.tif"
+    assert transfer.Puller(s3, "lab-movies", totals=totals).pull_many([(listed[0], dest)]) == {}
+    assert "PreconditionFailed" in totals.failed[str(dest)] and list(dest.parent.iterdir()) == []
