@@ -8,11 +8,15 @@ import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
+import pytest
 
 from scipioncloud import cli, commands
 from scipioncloud.aws import known_regions
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_lazy_table_names_every_command_where_it_is_defined():
@@ -64,3 +68,30 @@ def test_json_output_never_loads_rich():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["{", '  "ok": true', "}", "False"]
+
+
+@pytest.mark.parametrize(
+    "ending, status",
+    [("raise SystemExit(3)", 3), ("raise SystemExit(None)", 0), ("raise RuntimeError('a bug')", 1)],
+)
+def test_the_program_leaves_with_its_status_after_its_exit_handlers_and_all_its_output(
+    tmp_path, ending, status
+):
+    # `run` skips the interpreter's teardown (os._exit): what a normal exit does before it must still happen.
+    mark = tmp_path / "atexit-ran"
+    script = (
+        "import atexit, sys\n"
+        "from scipioncloud import cli\n"
+        "def main():\n"
+        f"    atexit.register(lambda: open({str(mark)!r}, 'w').write('ran'))\n"
+        "    sys.stdout.write('x' * 300_000)\n"  # more than a pipe holds: flushed at the exit
+        f"    {ending}\n"
+        "cli.main = main\n"
+        "cli.run()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == status, result.stderr
+    assert result.stdout == "x" * 300_000
+    assert mark.read_text() == "ran"
+    if status == 1:
+        assert "RuntimeError: a bug" in result.stderr
