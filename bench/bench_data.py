@@ -7,8 +7,11 @@ Two endpoints on 127.0.0.1, each in turn: moto server (Python, one process: the 
 `rclone serve s3` (Go, many threads; tests/support/rclone_s3.py), a second implementation that keeps the same
 additional checksums. Each is checked for being the bottleneck two ways: its own CPU during each run (moto
 near one full core = saturated, its GIL) and the ceiling a bare client reaches (parallel presigned
-PUTs/GETs of the same bytes, no checksums). On a machine of few cores the endpoint and the client share
-them: a client that spends less CPU per GB leaves more to the endpoint, which is why CPU per GB is printed.
+PUTs/GETs of the same bytes, no checksums), with the time the endpoint takes to list new objects, which
+every tool's pull waits for before its first GET. The disk is measured too (fio writing as many bytes with
+as many writers, until on disk), because a pull ends on it. On a machine of few cores the endpoint and the
+client share them: a client that spends less CPU per GB leaves more to the endpoint, which is why CPU per GB
+is printed.
 
 Every tool runs once per round, in an order that rotates, for `--rounds` rounds; the ratios are the median
 of each round's pair (same round, same machine state) with their range, because on a small shared machine
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import http.client
+import json
 import os
 import resource
 import shutil
@@ -40,6 +44,15 @@ from tests.support import moto_server, rclone_s3  # noqa: E402
 
 MiB = 1 << 20
 AWSCLI_VENV = REPO / "build" / "bench-awscli"
+FIO_WRITE = [
+    "fio",
+    "--name=disk",
+    "--rw=write",
+    "--bs=1M",
+    "--end_fsync=1",
+    "--group_reporting",
+    "--output-format=json",
+]
 
 
 def awscli() -> str:
@@ -79,9 +92,10 @@ def startup(argv: list[str], env: dict) -> float:
     return best
 
 
-def ceiling(url: str, files: list[Path], bucket: str, s3, threads: int = 8) -> tuple[float, float]:
-    """MB/s of bare parallel PUTs then GETs on presigned URLs (no payload hashing, no checksum, one
-    http.client request each): what the endpoint itself allows."""
+def ceiling(url: str, files: list[Path], bucket: str, s3, threads: int = 8) -> tuple[float, ...]:
+    """What the endpoint itself allows: MB/s of bare parallel PUTs then GETs on presigned URLs (no payload
+    hashing, no checksum, one http.client request each), and between them the seconds of a first and a
+    second listing of the fresh objects."""
     host, port = url.split("//")[1].split(":")
 
     def target(method: str, path: Path) -> str:
@@ -109,12 +123,45 @@ def ceiling(url: str, files: list[Path], bucket: str, s3, threads: int = 8) -> t
             raise RuntimeError(f"bare GET answered {answer.status} with {len(body)} bytes")
         return len(body)
 
-    rates = []
-    for op in (put, get):
+    def bare(op) -> float:
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             moved = sum(pool.map(op, files))
-        rates.append(moved / (time.perf_counter() - start) / 1e6)
+        return moved / (time.perf_counter() - start) / 1e6
+
+    put_rate = bare(put)
+    first_list, again_list = listing_seconds(s3, bucket, "ceiling/"), listing_seconds(s3, bucket, "ceiling/")
+    return put_rate, first_list, again_list, bare(get)
+
+
+def listing_seconds(s3, bucket: str, prefix: str) -> float:
+    """Seconds to list a prefix (every page of ListObjectsV2): a pull lists before its first GET, because its
+    egress estimate and free-space check need the totals, so an endpoint's listing cost is paid by every tool
+    alike (rclone hashes each new object for its ETag on the first listing)."""
+    start = time.perf_counter()
+    for _ in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        pass
+    return time.perf_counter() - start
+
+
+def disk_ceiling(folder: Path, total: int, writers: int = 8) -> tuple[float, float]:
+    """MB/s of fio writing `total` bytes into `folder` with as many writers as our pull has, until on disk
+    (fsync at the end): in 1 MiB direct writes, as our pull writes, and through the page cache, as s5cmd and
+    the aws CLI do. A pull cannot be faster than this, whatever the endpoint."""
+    rates = []
+    for direct in (1, 0):
+        scratch = folder / "fio"
+        scratch.mkdir()
+        job = [
+            f"--directory={scratch}",
+            f"--direct={direct}",
+            f"--numjobs={writers}",
+            f"--size={total // writers}",
+        ]
+        answer = subprocess.run([*FIO_WRITE, *job], capture_output=True, text=True, check=True)
+        shutil.rmtree(scratch)
+        subprocess.run(["sync", "-f", str(folder)], check=True)
+        rates.append(json.loads(answer.stdout)["jobs"][0]["write"]["bw_bytes"] / 1e6)
     return rates[0], rates[1]
 
 
@@ -153,8 +200,8 @@ def fingerprints(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def empty_prefix(s3, prefix: str) -> None:
-    """Delete what a run left, so the endpoint holds one tool's objects at a time (moto keeps them in
-    memory)."""
+    """Delete what a run left, so the endpoint holds one tool's objects at a time (moto keeps them in memory
+    and temporary files)."""
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix + "/"):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
@@ -195,10 +242,14 @@ def run_endpoint(label: str, server, base: Path, src: Path, args, s5cmd: str, aw
     wanted = fingerprints(src)
     tools = tool_commands(server.url, src, s5cmd, aws)
     print(f"bench_data: endpoint {label} {server.url}: {len(files)} files, {gb:.3f} GB, {args.rounds} rounds")
-    put_ceiling, get_ceiling = ceiling(server.url, files, "bench", admin)
+    put_ceiling, first_list, again_list, get_ceiling = ceiling(server.url, files, "bench", admin)
     empty_prefix(admin, "ceiling")
     print(f"  endpoint ceiling (bare parallel HTTP, 8 threads): PUT {put_ceiling:.0f} MB/s, "
-          f"GET {get_ceiling:.0f} MB/s")  # fmt: skip
+          f"GET {get_ceiling:.0f} MB/s of known keys; listing the {len(files)} new objects "
+          f"{first_list:.2f} s, again {again_list:.2f} s")  # fmt: skip
+    direct, buffered = disk_ceiling(base, int(gb * 1e9))
+    print(f"  disk ceiling (fio, 8 writers, {gb:.1f} GB until on disk): 1 MiB direct {direct:.0f} MB/s, "
+          f"through the page cache {buffered:.0f} MB/s")  # fmt: skip
     starts = {
         "scipioncloud": startup([sys.executable, "-m", "scipioncloud.cli", "data", "push", "--help"], env),
         "s5cmd": startup([s5cmd, "version"], env),
@@ -212,6 +263,9 @@ def run_endpoint(label: str, server, base: Path, src: Path, args, s5cmd: str, aw
             push, pull = tools[name]
             prefix = f"{name.replace(' ', '-')}-{round_no}"
             up = timed(push(prefix), env, proc)
+            # The endpoint's own writes of what was pushed (moto's spooled objects, rclone's files) reach the
+            # disk before the pull starts, not during it: they are the push's cost, not the pull's.
+            subprocess.run(["sync"], check=True)
             dest = base / f"back-{prefix}"
             dest.mkdir()
             down = timed(pull(prefix, dest), env, proc)
