@@ -62,6 +62,9 @@ exec chroot . /usr/bin/env -i container=other /lib/systemd/systemd --log-target=
 """
 
 
+SYSTEMD = b"/lib/systemd/systemd"
+
+
 @dataclasses.dataclass
 class Machine:
     root: Path
@@ -70,11 +73,16 @@ class Machine:
     console_log: Path
 
     def pid1(self) -> int:
-        """systemd's PID as this machine sees it."""
-        for pid in (self.cgroup / "cgroup.procs").read_text().split():
+        """systemd's PID as this machine sees it. It starts in the cgroup made for it and then moves itself
+        into init.scope below it, where the kernel lets it ("Failed to attach 1 to compat systemd cgroup
+        /init.scope" on the console when not: which one happens varies from boot to boot), so both are read;
+        a user's `systemd --user` (same program) lives deeper, in user.slice."""
+        for procs in (self.cgroup / "cgroup.procs", self.cgroup / "init.scope" / "cgroup.procs"):
             with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"/lib/systemd/systemd":
-                    return int(pid)
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(OSError):
+                        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == SYSTEMD:
+                            return int(pid)
         raise RuntimeError(f"no systemd in {self.cgroup}; console:\n{self.console()[-3000:]}")
 
     def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
